@@ -1,0 +1,314 @@
+//! How handles travel between processes.
+//!
+//! A *handle* is a value that owns an operating-system object: a [`Connection`], and (in later
+//! modules) queues, locks and shared memory. Such values are serialized like any other serde
+//! value, except that the file descriptors they own cannot be written as bytes. Instead, while
+//! the crate encodes a message, a thread-local collector is active: a handle's `Serialize`
+//! writes the *index* of its descriptor in the message's descriptor list and pushes the
+//! descriptor to that list. The list travels out of band — as `SCM_RIGHTS` over a Unix socket,
+//! or by inheritance across `fork` — and on the receiving side `Deserialize` takes the
+//! descriptor at that index from the received list.
+//!
+//! This gives one mechanism for every handle type and every path (process arguments under each
+//! start method, [`Connection::send`], queue messages, pool tasks and results). Your own types
+//! can own descriptors that travel too: mark an [`OwnedFd`] field with
+//! `#[serde(with = "multiprocess::handle::fd")]`, or wrap it in [`SharedFd`].
+//!
+//! Serializing a handle with any other serializer (say `serde_json`) fails with an error that
+//! says why: a descriptor number means nothing in another process.
+//!
+//! [`Connection`]: crate::Connection
+//! [`Connection::send`]: crate::Connection::send
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+thread_local! {
+    static OUTGOING: RefCell<Vec<Vec<RawFd>>> = const { RefCell::new(Vec::new()) };
+    static INCOMING: RefCell<Vec<Vec<Option<OwnedFd>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A value turned into bytes plus the descriptors that must travel beside them.
+///
+/// The descriptors are borrowed from the value that was encoded: use an `Encoded` only while
+/// that value is alive and unchanged.
+#[derive(Debug, Default)]
+pub(crate) struct Encoded {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<RawFd>,
+}
+
+impl Encoded {
+    /// The descriptors as borrowed descriptors.
+    ///
+    /// # Safety
+    /// The value that was encoded into `self` must still be alive, so that its descriptors are
+    /// open.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn borrowed_fds(&self) -> Vec<BorrowedFd<'_>> {
+        // SAFETY: forwarded to the caller.
+        unsafe { borrow_all(&self.fds) }
+    }
+}
+
+/// Borrows raw descriptors.
+///
+/// # Safety
+/// Each descriptor must stay open for the returned lifetime (its owner alive).
+#[allow(unsafe_code)]
+pub(crate) unsafe fn borrow_all(fds: &[RawFd]) -> Vec<BorrowedFd<'_>> {
+    fds.iter()
+        // SAFETY: the caller guarantees the owner of each descriptor is alive.
+        .map(|fd| unsafe { BorrowedFd::borrow_raw(*fd) })
+        .collect()
+}
+
+/// Why a value could not be encoded.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodeError(pub(crate) String);
+
+impl fmt::Display for EncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why bytes could not be decoded into the requested type.
+#[derive(Debug, Clone)]
+pub(crate) struct DecodeError(pub(crate) String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Encodes `value`, appending its bytes to `out` (so a caller can reserve a header first).
+/// Returns the descriptors to send with it.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: Vec<u8>,
+) -> Result<Encoded, EncodeError> {
+    OUTGOING.with(|s| s.borrow_mut().push(Vec::new()));
+    let result = postcard::to_extend(value, out);
+    let fds = OUTGOING.with(|s| s.borrow_mut().pop().unwrap_or_default());
+    match result {
+        Ok(bytes) => Ok(Encoded { bytes, fds }),
+        Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
+    }
+}
+
+/// Encodes `value` into a fresh buffer.
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Encoded, EncodeError> {
+    encode_into(value, Vec::new())
+}
+
+/// Decodes a `T` from `bytes`, handing it the descriptors that arrived with the message.
+/// Descriptors that the value does not claim are closed.
+pub(crate) fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, DecodeError> {
+    INCOMING.with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
+    let result = postcard::take_from_bytes::<T>(bytes);
+    INCOMING.with(|s| s.borrow_mut().pop());
+    match result {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(DecodeError(format!(
+            "the message does not match the type `{}`: {} bytes were left over",
+            std::any::type_name::<T>(),
+            rest.len()
+        ))),
+        Err(e) => Err(DecodeError(format!(
+            "the message does not decode as `{}`: {e}",
+            std::any::type_name::<T>()
+        ))),
+    }
+}
+
+/// The descriptors owned by the crate's handles in this process.
+static TRACKED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
+
+/// A descriptor owned by one of the crate's handles (a `Connection`, a queue, ...).
+///
+/// The crate keeps a list of them so that a child started with [`StartMethod::Fork`] does not
+/// keep the parent's handles open behind its back: there, every tracked descriptor that was not
+/// passed to the child is replaced by `/dev/null` (the number stays taken, so nothing else can
+/// reuse it). Without this, a pipe end that the parent closes would stay open in every forked
+/// child, and its peer would never see end of file; the spawn and fork-server methods never
+/// inherit them in the first place.
+///
+/// [`StartMethod::Fork`]: crate::StartMethod::Fork
+#[derive(Debug)]
+pub(crate) struct TrackedFd(OwnedFd);
+
+impl TrackedFd {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        lock_tracked().insert(fd.as_raw_fd());
+        TrackedFd(fd)
+    }
+}
+
+impl Drop for TrackedFd {
+    fn drop(&mut self) {
+        lock_tracked().remove(&self.0.as_raw_fd());
+    }
+}
+
+impl AsFd for TrackedFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Locks the list of tracked descriptors (held across `fork` by the Fork start method).
+pub(crate) fn lock_tracked() -> MutexGuard<'static, BTreeSet<RawFd>> {
+    TRACKED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// In a forked child: replaces every tracked descriptor by `/dev/null` and forgets them.
+pub(crate) fn neutralize_tracked_after_fork(tracked: &mut BTreeSet<RawFd>) {
+    for fd in std::mem::take(tracked) {
+        crate::sys::socket::neutralize(fd);
+    }
+}
+
+/// Serde helpers for an [`OwnedFd`] field that travels with its value:
+/// `#[serde(with = "multiprocess::handle::fd")]`.
+pub mod fd {
+    use super::*;
+
+    /// Serializes the descriptor's index in the message's descriptor list.
+    ///
+    /// # Errors
+    /// Fails when the serializer is not one of this crate's (a descriptor cannot be written as
+    /// bytes).
+    pub fn serialize<S: Serializer>(fd: &OwnedFd, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_borrowed(fd.as_fd(), serializer)
+    }
+
+    /// Takes the descriptor at the serialized index from the message's descriptor list.
+    ///
+    /// # Errors
+    /// Fails outside this crate's decoding, or when the message did not carry that descriptor.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
+        let index = u32::deserialize(deserializer)? as usize;
+        INCOMING.with(|s| {
+            let mut stack = s.borrow_mut();
+            let Some(fds) = stack.last_mut() else {
+                return Err(serde::de::Error::custom(
+                    "a handle can only be deserialized by multiprocess (it arrives with a message)",
+                ));
+            };
+            match fds.get_mut(index).and_then(Option::take) {
+                Some(fd) => Ok(fd),
+                None => Err(serde::de::Error::custom(format!(
+                    "the message did not carry the descriptor of handle #{index}"
+                ))),
+            }
+        })
+    }
+}
+
+/// Serializes a borrowed descriptor (the owner must outlive the encoded message).
+pub(crate) fn serialize_borrowed<S: Serializer>(
+    fd: BorrowedFd<'_>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let index = OUTGOING.with(|s| {
+        let mut stack = s.borrow_mut();
+        stack.last_mut().map(|fds| {
+            fds.push(fd.as_raw_fd());
+            fds.len() - 1
+        })
+    });
+    match index {
+        Some(i) => serializer.serialize_u32(i as u32),
+        None => Err(serde::ser::Error::custom(
+            "a handle can only be serialized by multiprocess: send it through a Connection or \
+             Queue, or pass it as a process or task argument",
+        )),
+    }
+}
+
+/// A file descriptor that travels between processes: pass it as an argument or send it
+/// through a [`Connection`](crate::Connection), and the receiver gets its own descriptor for
+/// the same open file, socket or pipe.
+///
+/// # Examples
+/// ```
+/// use multiprocess::handle::SharedFd;
+/// use std::os::fd::OwnedFd;
+///
+/// let file = std::fs::File::open("/dev/null").unwrap();
+/// let shared = SharedFd::from(OwnedFd::from(file));
+/// let (a, b) = multiprocess::Pipe::new().unwrap();
+/// a.send(&shared).unwrap();
+/// let received: SharedFd = b.recv().unwrap();
+/// let _file = std::fs::File::from(received.into_inner());
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SharedFd(#[serde(with = "fd")] OwnedFd);
+
+impl SharedFd {
+    /// The descriptor.
+    pub fn into_inner(self) -> OwnedFd {
+        self.0
+    }
+}
+
+impl From<OwnedFd> for SharedFd {
+    fn from(fd: OwnedFd) -> Self {
+        SharedFd(fd)
+    }
+}
+
+impl AsFd for SharedFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_values_round_trip() {
+        let enc = encode(&(1u32, String::from("x"), vec![1.5f64])).unwrap();
+        assert!(enc.fds.is_empty());
+        let v: (u32, String, Vec<f64>) = decode(&enc.bytes, Vec::new()).unwrap();
+        assert_eq!(v, (1, "x".into(), vec![1.5]));
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let enc = encode(&(1u8, 2u8, 3u8)).unwrap();
+        let e = decode::<u8>(&enc.bytes, Vec::new()).unwrap_err();
+        assert!(e.0.contains("left over"), "{e}");
+    }
+
+    #[test]
+    fn a_descriptor_travels_by_index() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let shared = SharedFd::from(OwnedFd::from(file));
+        let enc = encode(&shared).unwrap();
+        assert_eq!(enc.fds, vec![shared.as_fd().as_raw_fd()]);
+        let dup = shared.as_fd().try_clone_to_owned().unwrap();
+        let back: SharedFd = decode(&enc.bytes, vec![dup]).unwrap();
+        assert_ne!(back.as_fd().as_raw_fd(), shared.as_fd().as_raw_fd());
+    }
+
+    #[test]
+    fn outside_the_crate_a_handle_does_not_serialize() {
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let shared = SharedFd::from(OwnedFd::from(file));
+        assert!(postcard::to_allocvec(&shared).is_err());
+    }
+}

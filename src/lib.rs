@@ -1,0 +1,111 @@
+//! # multiprocess
+//!
+//! Python's `multiprocessing`, in Rust: real child processes (isolation from crashes, no shared
+//! bottleneck, native code that is not thread-safe, a memory limit per worker) with the names
+//! a Python programmer knows and the shape a Rust programmer expects.
+//!
+//! ## Hello, child
+//! ```
+//! use multiprocess::Process;
+//!
+//! fn square(x: u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! fn main() -> Result<(), multiprocess::ProcessError> {
+//!     multiprocess::init(); // first in main: see "Start methods"
+//!     let mut p = Process::new(square, 12);
+//!     p.start()?;
+//!     assert_eq!(p.join_result()?, 144);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! A *target* is "the function itself", as in Python: a function item or a closure that
+//! captures nothing, taking one argument (a tuple or struct for several) that implements
+//! serde's `Serialize` and `Deserialize`, and returning such a value. The child finds the
+//! function by its position in the executable, so the same binary must run on both sides
+//! (it does, under every start method); a capturing closure is a compile error.
+//!
+//! ## Process
+//! [`Process::new`]`(target, args)` or [`Process::builder`] (name, daemon, start method);
+//! [`start`](Process::start), [`join`](Process::join), [`join_timeout`](Process::join_timeout),
+//! [`join_result`](Process::join_result) (the return value, which Python drops),
+//! [`is_alive`](Process::is_alive), [`exitcode`](Process::exitcode),
+//! [`terminate`](Process::terminate), [`kill`](Process::kill), [`close`](Process::close).
+//! The seed's "subclass `Process` and override `run`" is the [`Run`] trait. Misuse (starting
+//! twice, joining before start, `close` on a running child) is an error value, never a panic.
+//!
+//! ## Pipe
+//! [`Pipe::new`] gives two connected [`Connection`]s that [`send`](Connection::send) and
+//! [`recv`](Connection::recv) any serde value, or raw bytes. A `Connection` is itself a
+//! *handle*: pass it as a target's argument or send it through another connection, and it
+//! works on the other side. See [`handle`] for how descriptors travel.
+//!
+//! ## Start methods
+//! [`StartMethod::Fork`], [`StartMethod::Spawn`], [`StartMethod::ForkServer`], chosen per
+//! process ([`Builder::start_method`]), per [`Context`] ([`get_context`]) or for the program
+//! ([`set_start_method`]). Spawn and the fork server run a fresh copy of the program which
+//! must not run `main`: the crate's constructor diverts it before `main`, and [`init`] (or
+//! [`#[multiprocess::main]`](main)) does the same first thing in `main` where constructors do not run.
+//! The default is the fork server where that diversion works, else fork.
+//!
+//! ## Which one do I need?
+//! | you want | use |
+//! |---|---|
+//! | run a function in another process and get its value | [`Process`] + [`join_result`](Process::join_result) |
+//! | talk both ways with one child | [`Pipe`] |
+//! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
+//! | a process that dies with its parent | [`Builder::daemon`] |
+//! | pass an open file or socket to a child | [`handle::SharedFd`] |
+//!
+//! ## From Python
+//! | Python | multiprocess |
+//! |---|---|
+//! | `Process(target=f, args=(x,), name=n, daemon=d)` | `Process::builder().name(n).daemon(d).target(f, x)` |
+//! | `class P(Process): def run(self)` | `impl Run for P` + [`Process::from_run`] |
+//! | `p.start()`, `p.join()`, `p.join(t)` | `start()`, `join()`, `join_timeout(t)` |
+//! | `p.is_alive()`, `p.exitcode`, `p.pid`, `p.name`, `p.daemon = True` | `is_alive()`, `exitcode()`, `pid()`, `name()`, `set_daemon(true)` |
+//! | `p.terminate()`, `p.kill()`, `p.close()` | `terminate()`, `kill()`, `close()` |
+//! | `a, b = Pipe()`, `Pipe(duplex=False)` | `Pipe::new()`, `Pipe::oneway()` |
+//! | `c.send(x)`, `c.recv()`, `c.poll(t)` | `send(&x)`, `recv::<T>()`, `poll(t)` |
+//! | `c.send_bytes(b)`, `c.recv_bytes()`, `c.recv_bytes_into(buf)` | the same names |
+//! | `multiprocessing.connection.wait(objs, t)` | [`connection::wait`] |
+//! | `EOFError` | [`ConnectionError::Eof`] |
+//! | `get_context("spawn")`, `set_start_method("fork")` | `get_context(StartMethod::Spawn)`, `set_start_method(StartMethod::Fork)` |
+//! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
+//! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
+
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod connection;
+pub mod context;
+mod error;
+pub mod handle;
+pub mod process;
+mod sys;
+mod task;
+
+pub use connection::{Connection, ConnectionError, Pipe};
+pub use context::{
+    get_all_start_methods, get_context, get_start_method, init, set_start_method, Context,
+    ContextError, StartMethod,
+};
+pub use error::ProcessError;
+pub use process::{
+    active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
+    CurrentProcess, ParentProcess, Process,
+};
+pub use task::Run;
+
+/// Marks `main` so that it calls [`init`] first: `#[multiprocess::main] fn main() { ... }`.
+///
+/// # Examples
+/// ```
+/// #[multiprocess::main]
+/// fn main() {
+///     println!("{}", multiprocess::current_process().name());
+/// }
+/// ```
+pub use multiprocess_macros::main;

@@ -1,0 +1,37 @@
+//! The Unix (Linux) backend. Every raw syscall of the crate is in this folder.
+#![allow(unsafe_code)]
+
+pub(crate) mod build_id;
+pub(crate) mod process;
+pub(crate) mod socket;
+
+use std::io;
+
+/// Turns a `-1` return into the thread's `errno` as an `io::Error`.
+pub(crate) fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Like [`cvt`], retrying the call while it fails with `EINTR`.
+pub(crate) fn cvt_r<T: Copy + PartialEq + From<i8>>(mut f: impl FnMut() -> T) -> io::Result<T> {
+    loop {
+        match cvt(f()) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Retries a rustix call while it fails with `EINTR`.
+pub(crate) fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(rustix::io::Errno::INTR) => continue,
+            other => return other.map_err(io::Error::from),
+        }
+    }
+}

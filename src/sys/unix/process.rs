@@ -1,0 +1,203 @@
+//! Process syscalls: fork, exit, wait, pidfds, signals, the parent-death signal.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use super::{cvt, cvt_r};
+
+/// What `fork` returned in this process.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// In the parent, with the child's pid.
+    Parent(i32),
+    /// In the child.
+    Child,
+}
+
+/// `fork(2)`.
+///
+/// # Safety
+/// In the child, only the calling thread exists. The caller must make sure that the child only
+/// runs code that is sound in that state (see the crate's notes on the `Fork` method) and that
+/// it never returns into stack frames whose owners expect to run once.
+pub(crate) unsafe fn fork() -> io::Result<Forked> {
+    // SAFETY: the caller takes responsibility for the child, as documented above.
+    let pid = cvt(unsafe { libc::fork() })?;
+    Ok(if pid == 0 {
+        Forked::Child
+    } else {
+        Forked::Parent(pid)
+    })
+}
+
+/// Ends the process at once: no `atexit` handlers, no destructors (`_exit(2)`).
+pub(crate) fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// The calling process's id.
+pub(crate) fn getpid() -> i32 {
+    rustix::process::getpid().as_raw_nonzero().get()
+}
+
+/// The parent's process id (0 when the parent is outside our pid namespace).
+pub(crate) fn getppid() -> i32 {
+    rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get())
+}
+
+/// A raw wait status, as `waitpid(2)` reports it.
+pub(crate) type RawStatus = i32;
+
+/// The exit code in Python's convention: the code given to `exit`, or minus the signal number.
+pub(crate) fn exitcode_of(status: RawStatus) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        -libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// `waitpid(pid)`; with `nohang`, `Ok(None)` while the child still runs.
+pub(crate) fn waitpid(pid: i32, nohang: bool) -> io::Result<Option<RawStatus>> {
+    let mut status = 0;
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    // SAFETY: `status` is a valid out pointer.
+    let r = cvt_r(|| unsafe { libc::waitpid(pid, &mut status, flags) })?;
+    Ok(if r == 0 { None } else { Some(status) })
+}
+
+/// `waitpid(-1, WNOHANG)`: one ended child of this process, if any.
+pub(crate) fn wait_any_nohang() -> Option<(i32, RawStatus)> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out pointer.
+    match cvt_r(|| unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) }) {
+        Ok(pid) if pid > 0 => Some((pid, status)),
+        _ => None,
+    }
+}
+
+/// `kill(pid, signal)`; a process that no longer exists is not an error.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on integers.
+    match cvt(unsafe { libc::kill(pid, signal) }) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3 or later); `Ok(None)` when the process no longer exists.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<Option<OwnedFd>> {
+    let Some(pid) = Pid::from_raw(pid) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "pid 0"));
+    };
+    match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::SRCH) => Ok(None),
+        Err(rustix::io::Errno::NOSYS) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no pidfd_open (Linux 5.3 or later is needed)",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Sends `signal` (a raw signal number) through a pidfd. A process that has already exited is
+/// not an error.
+pub(crate) fn pidfd_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: the raw syscall takes plain integers; a null siginfo means "as kill(2) would".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match cvt(r) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// `SIGTERM`'s number.
+pub(crate) const SIGTERM: i32 = libc::SIGTERM;
+/// `SIGKILL`'s number.
+pub(crate) const SIGKILL: i32 = libc::SIGKILL;
+
+/// Asks the kernel to SIGKILL this process when its parent (thread) exits. Returns whether the
+/// parent is still `expected_parent` afterwards (it may have died before the call).
+/// Async-signal-safe: usable between fork and exec.
+pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    getppid() == expected_parent
+}
+
+/// The number of threads of this process, from `/proc/self/status`.
+pub(crate) fn thread_count() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Registers a function to run at normal process exit (`atexit(3)`).
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function that stays valid for the life of the process.
+    unsafe { libc::atexit(f) };
+}
+
+/// A descriptor that becomes readable when a child of this process changes state: SIGCHLD is
+/// blocked for the calling thread and read through a signalfd. For the single-threaded fork
+/// server only.
+#[derive(Debug)]
+pub(crate) struct ChildSignals {
+    fd: OwnedFd,
+    old_mask: libc::sigset_t,
+}
+
+impl ChildSignals {
+    pub(crate) fn new() -> io::Result<Self> {
+        // SAFETY: plain sigset manipulation on local values; signalfd returns a new descriptor
+        // that we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            cvt(libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old))?;
+            let fd = cvt(libc::signalfd(
+                -1,
+                &set,
+                libc::SFD_CLOEXEC | libc::SFD_NONBLOCK,
+            ))?;
+            Ok(ChildSignals {
+                fd: OwnedFd::from_raw_fd(fd),
+                old_mask: old,
+            })
+        }
+    }
+
+    /// Empties the signalfd after it polled readable.
+    pub(crate) fn drain(&self) {
+        let mut buf = [0u8; 128 * 8];
+        while matches!(rustix::io::read(&self.fd, &mut buf), Ok(n) if n > 0) {}
+    }
+
+    /// Restores the signal mask that was in force before `new` (in a forked child).
+    pub(crate) fn restore_mask(&self) {
+        // SAFETY: `old_mask` was filled by pthread_sigmask.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut()) };
+    }
+}
+
+impl AsFd for ChildSignals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

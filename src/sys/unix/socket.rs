@@ -1,0 +1,183 @@
+//! Stream sockets that carry file descriptors, and `poll`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+use super::retry;
+
+/// The most descriptors one message may carry.
+pub(crate) const MAX_FDS: usize = 64;
+
+/// A connected pair of `AF_UNIX` stream sockets, close-on-exec.
+pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
+}
+
+/// Shuts one direction of a socket down (`read`: no more receiving; else no more sending).
+pub(crate) fn shutdown(fd: BorrowedFd<'_>, read: bool) -> io::Result<()> {
+    let how = if read {
+        rustix::net::Shutdown::Read
+    } else {
+        rustix::net::Shutdown::Write
+    };
+    Ok(rustix::net::shutdown(fd, how)?)
+}
+
+/// Writes all of `parts` (in order) to a stream socket; `fds` travel with the first byte.
+/// `EPIPE` is reported as an error, never as `SIGPIPE`.
+pub(crate) fn send_all(
+    fd: BorrowedFd<'_>,
+    parts: &[&[u8]],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a message can carry at most {MAX_FDS} handles, this one has {}",
+                fds.len()
+            ),
+        ));
+    }
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut sent = 0usize;
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut first = !fds.is_empty();
+    while sent < total || first {
+        // Build the slices of what is left.
+        let mut skip = sent;
+        let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len());
+        for p in parts {
+            if skip >= p.len() {
+                skip -= p.len();
+                continue;
+            }
+            iov.push(IoSlice::new(&p[skip..]));
+            skip = 0;
+        }
+        let n = if first {
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            control.push(SendAncillaryMessage::ScmRights(fds));
+            retry(|| rustix::net::sendmsg(fd, &iov, &mut control, SendFlags::NOSIGNAL))?
+        } else {
+            retry(|| {
+                rustix::net::sendmsg(
+                    fd,
+                    &iov,
+                    &mut SendAncillaryBuffer::default(),
+                    SendFlags::NOSIGNAL,
+                )
+            })?
+        };
+        first = false;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// Reads up to `buf.len()` bytes; descriptors that arrive are pushed to `fds`.
+/// `Ok(0)` is end of stream. With `nonblocking`, `WouldBlock` when nothing is there.
+pub(crate) fn recv_some(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut flags = RecvFlags::CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= RecvFlags::DONTWAIT;
+    }
+    let msg = retry(|| rustix::net::recvmsg(fd, &mut [IoSliceMut::new(buf)], &mut control, flags))?;
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = m {
+            fds.extend(received);
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a message carried more than {MAX_FDS} handles; the extra ones were lost"),
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+/// Plain `read` into `buf` (no descriptors expected). `Ok(0)` is end of stream.
+pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    retry(|| rustix::io::read(fd, &mut *buf))
+}
+
+/// Which of `fds` are readable (or at end of stream, or in error), waiting at most `timeout`
+/// (`None`: forever). Returns one flag per descriptor; all false on timeout.
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let mut pfds: Vec<PollFd<'_>> = fds
+            .iter()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let ts = deadline.map(|d| {
+            let left = d.saturating_duration_since(std::time::Instant::now());
+            rustix::event::Timespec {
+                tv_sec: left.as_secs() as _,
+                tv_nsec: left.subsec_nanos() as _,
+            }
+        });
+        match rustix::event::poll(&mut pfds, ts.as_ref()) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Ok(pfds.iter().map(|p| !p.revents().is_empty()).collect()),
+        }
+    }
+}
+
+/// Raises the kernel's send and receive buffers of a socket (best effort).
+pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(fd, bytes);
+}
+
+/// Duplicates a descriptor (close-on-exec) into a new owned one.
+pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    Ok(fd.try_clone_to_owned()?)
+}
+
+/// Points descriptor number `fd` at `/dev/null`, dropping whatever it referred to while keeping
+/// the number taken (in a forked child, for descriptors that belong to the parent's objects).
+pub(crate) fn neutralize(fd: std::os::fd::RawFd) {
+    use std::os::fd::AsRawFd;
+    static DEV_NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    let null = DEV_NULL.get_or_init(|| std::fs::File::open("/dev/null").ok());
+    if let Some(null) = null {
+        // SAFETY: dup3 on two descriptor numbers; `fd` is owned by an object that this forked
+        // child will never use or drop, so replacing what the number refers to is invisible
+        // to safe code.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC)
+        };
+    }
+}
+
+/// Makes a descriptor survive `exec` (used between fork and exec only).
+pub(crate) fn clear_cloexec(fd: impl AsFd) -> io::Result<()> {
+    Ok(rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?)
+}

@@ -1,0 +1,196 @@
+//! Targets: how a child finds and runs "the function itself".
+//!
+//! A target is a function item or a closure that captures nothing: a zero-sized type `F`
+//! implementing `Fn(A) -> R`. For each `(F, A, R)` the compiler makes one [`entry`] function;
+//! its address, as an offset from [`anchor`], names the target in another process running the
+//! same executable: a forked child, a child of the fork server, a re-executed copy of the
+//! program, an MPI rank. The offset is position-independent (ASLR moves the whole image, not
+//! one function against another). A build id travels beside it, so a child running another
+//! binary refuses with a clear error instead of jumping into unrelated code.
+//!
+//! A capturing closure is refused at compile time by a post-monomorphisation assertion
+//! ([`AssertTarget`]); its captures could not be rebuilt in another process.
+
+#![allow(unsafe_code)]
+
+use std::any::Any;
+use std::marker::PhantomData;
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Connection;
+use crate::handle;
+
+/// What a child reports on its status channel.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Status {
+    /// A spawned child reached the crate (handshake).
+    Started {
+        /// The child's pid.
+        pid: i32,
+    },
+    /// The target returned; the encoded value follows as bytes, its handles as the frame's fds.
+    Value(Vec<u8>),
+    /// The target panicked, with this message.
+    Panicked(String),
+    /// The child could not run the target (bad arguments, binary mismatch, ...).
+    Failed(String),
+    /// Sent by the fork server after reaping the child: the raw wait status.
+    Exited(i32),
+}
+
+/// The monomorphised entry of one target type: decodes the argument, runs the target, sends
+/// the outcome on `status`, and returns the process exit code.
+pub(crate) type Entry = fn(args: &[u8], fds: Vec<OwnedFd>, status: &Connection) -> i32;
+
+/// The fixed point that entry offsets are measured from.
+#[inline(never)]
+pub(crate) fn anchor() -> u64 {
+    std::hint::black_box(0x6d75_6c74_6970_726f)
+}
+
+fn anchor_addr() -> i64 {
+    let f: fn() -> u64 = anchor;
+    f as usize as i64
+}
+
+/// Compile-time check that a target captures nothing.
+pub(crate) struct AssertTarget<F>(PhantomData<F>);
+
+impl<F> AssertTarget<F> {
+    pub(crate) const ZERO_SIZED: () = assert!(
+        std::mem::size_of::<F>() == 0,
+        "a multiprocess target must be a function item or a closure that captures nothing: \
+         pass the data it needs as the argument instead"
+    );
+}
+
+/// The offset of the entry of target type `F` from the anchor.
+pub(crate) fn entry_offset<F, A, R>() -> i64
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    #[allow(clippy::let_unit_value)]
+    let () = AssertTarget::<F>::ZERO_SIZED;
+    let entry: Entry = entry::<F, A, R>;
+    (entry as usize as i64).wrapping_sub(anchor_addr())
+}
+
+/// The entry at `offset` from the anchor.
+///
+/// # Safety
+/// `offset` must come from [`entry_offset`] in a process running this same executable (checked
+/// by the caller through the build id).
+pub(crate) unsafe fn entry_at(offset: i64) -> Entry {
+    let addr = anchor_addr().wrapping_add(offset) as usize;
+    // SAFETY: by the caller's guarantee, `addr` is the address of an `Entry` in this image.
+    unsafe { std::mem::transmute::<usize, Entry>(addr) }
+}
+
+fn entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, status: &Connection) -> i32
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let args: A = match handle::decode(args, fds) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = status.send(&Status::Failed(format!(
+                "cannot decode the target's argument: {e}"
+            )));
+            return 1;
+        }
+    };
+    // SAFETY: `F` is zero-sized (asserted at compile time in `entry_offset`, the only way this
+    // function is named), and the parent held a value of it, so it is inhabited; a zero-sized
+    // read from a dangling, aligned pointer is valid. Fn items and closures have no other
+    // validity requirements, and `F: Copy` means no destructor is skipped or doubled.
+    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    match catch_unwind(AssertUnwindSafe(move || f(args))) {
+        Ok(value) => send_value(status, &value),
+        Err(payload) => {
+            let _ = status.send(&Status::Panicked(panic_message(&*payload)));
+            1
+        }
+    }
+}
+
+/// Sends a target's return value (with its handles) as a `Status::Value`.
+pub(crate) fn send_value<R: Serialize + ?Sized>(status: &Connection, value: &R) -> i32 {
+    match handle::encode(value) {
+        Ok(inner) => {
+            let outer = match handle::encode(&Status::Value(inner.bytes.clone())) {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = status.send(&Status::Failed(e.0));
+                    return 1;
+                }
+            };
+            // SAFETY: `value` is borrowed for this call, so its descriptors are open.
+            let fds = unsafe { inner.borrowed_fds() };
+            // A parent that stopped listening is not the child's failure.
+            let _ = status.send_encoded(&outer.bytes, &fds);
+            0
+        }
+        Err(e) => {
+            let _ = status.send(&Status::Failed(format!(
+                "cannot serialize the target's return value: {e}"
+            )));
+            1
+        }
+    }
+}
+
+/// The message of a panic payload, as the default hook would print it.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+/// The seed's "subclass `Process` and override `run`" style: a serde value that knows what to
+/// do in the child.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, Run};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Countdown {
+///     from: u32,
+/// }
+///
+/// impl Run for Countdown {
+///     type Output = Vec<u32>;
+///     fn run(self) -> Vec<u32> {
+///         (0..=self.from).rev().collect()
+///     }
+/// }
+///
+/// let mut p = Process::from_run(Countdown { from: 3 });
+/// p.start()?;
+/// assert_eq!(p.join_result()?, [3, 2, 1, 0]);
+/// # Ok::<(), multiprocess::ProcessError>(())
+/// ```
+pub trait Run: Serialize + DeserializeOwned + 'static {
+    /// What `run` returns to the parent.
+    type Output: Serialize + DeserializeOwned + 'static;
+    /// The body of the child process.
+    fn run(self) -> Self::Output;
+}
+
+/// The target that runs a [`Run`] value.
+pub(crate) fn run_target<T: Run>(value: T) -> T::Output {
+    value.run()
+}

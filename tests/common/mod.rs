@@ -1,0 +1,76 @@
+//! Shared helpers of the integration tests: deadlines, start methods, reaping checks.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub use multiprocess::StartMethod;
+
+/// Every start method; each behaviour test runs under all of them.
+pub const METHODS: [StartMethod; 3] = StartMethod::ALL;
+
+/// Runs `f` on its own thread and fails the test if it has not finished within `secs`
+/// seconds. On a timeout, the children of this test process that are still running are
+/// killed (so nothing is left behind) and the test fails, naming the deadline.
+pub fn deadline<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(v) => {
+            let _ = handle.join();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the test thread ended without a value"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let stuck: Vec<_> = multiprocess::active_children();
+            for c in &stuck {
+                let _ = c.kill();
+            }
+            panic!(
+                "test did not finish within {secs} s; killed {} stuck children: {:?}",
+                stuck.len(),
+                stuck
+                    .iter()
+                    .map(|c| (c.pid(), c.name().to_string()))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// Whether `pid` is a zombie child of this process (started, ended, not reaped).
+pub fn is_unreaped_child(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return false;
+    };
+    let mut fields = rest.split_whitespace();
+    let state = fields.next().unwrap_or("");
+    let ppid: i32 = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    state == "Z" && ppid == std::process::id() as i32
+}
+
+/// Whether a process with this pid exists (in any state but gone).
+pub fn exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Waits up to `secs` for `cond` to hold, polling.
+pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
