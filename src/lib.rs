@@ -84,6 +84,8 @@ pub mod context;
 mod error;
 pub mod handle;
 pub mod process;
+#[allow(dead_code)]
+mod region;
 mod sys;
 mod task;
 

@@ -3,6 +3,8 @@
 
 pub(crate) mod build_id;
 pub(crate) mod process;
+#[allow(dead_code)] // used by the queue and sync modules
+pub(crate) mod shm;
 pub(crate) mod socket;
 
 use std::io;

@@ -157,7 +157,7 @@ pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
 
 /// Duplicates a descriptor (close-on-exec) into a new owned one.
 pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    Ok(fd.try_clone_to_owned()?)
+    fd.try_clone_to_owned()
 }
 
 /// Points descriptor number `fd` at `/dev/null`, dropping whatever it referred to while keeping
