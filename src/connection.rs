@@ -683,26 +683,28 @@ impl Waitable for Connection {
 /// # drop((b1, a2)); Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
-    let fds: Vec<(usize, BorrowedFd<'_>)> = objects
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| o.ready_fd().map(|fd| (i, fd)))
-        .collect();
-    let already: Vec<usize> = objects
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.ready_fd().is_none())
-        .map(|(i, _)| i)
-        .collect();
-    if !already.is_empty() {
-        return Ok(already);
+    let mut already = Vec::new();
+    let mut fds: Vec<(usize, BorrowedFd<'_>)> = Vec::new();
+    for (i, o) in objects.iter().enumerate() {
+        match o.ready_fd() {
+            Some(fd) => fds.push((i, fd)),
+            None => already.push(i),
+        }
     }
+    // Something is ready already: only look, do not wait.
+    let timeout = if already.is_empty() {
+        timeout
+    } else {
+        Some(Duration::ZERO)
+    };
     let only_fds: Vec<BorrowedFd<'_>> = fds.iter().map(|(_, fd)| *fd).collect();
     let ready = socket::poll_readable(&only_fds, timeout)?;
-    Ok(fds
-        .iter()
-        .zip(ready)
-        .filter(|(_, r)| *r)
-        .map(|((i, _), _)| *i)
-        .collect())
+    already.extend(
+        fds.iter()
+            .zip(ready)
+            .filter(|(_, r)| *r)
+            .map(|((i, _), _)| *i),
+    );
+    already.sort_unstable();
+    Ok(already)
 }

@@ -124,6 +124,14 @@ const CHILD_ARG: &str = "--multiprocess-child";
 
 #[ctor::ctor(unsafe)]
 fn before_main() {
+    // `MULTIPROCESS_NO_CONSTRUCTOR=1` simulates a platform where constructors do not run (for
+    // testing the guards below, and for debugging); `init()` still diverts.
+    if std::env::var_os("MULTIPROCESS_NO_CONSTRUCTOR").is_some() {
+        if std::env::var_os(BOOTSTRAP_ENV).is_some() {
+            UNCONSUMED_BOOTSTRAP.store(true, Ordering::Relaxed);
+        }
+        return;
+    }
     divert();
 }
 

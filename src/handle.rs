@@ -95,9 +95,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<Encoded, EncodeError> {
-    OUTGOING.with(|s| s.borrow_mut().push(Vec::new()));
+    // `try_with`: during thread or process teardown the thread-locals may be gone; values
+    // without handles still encode then.
+    let _ = OUTGOING.try_with(|s| s.borrow_mut().push(Vec::new()));
     let result = postcard::to_extend(value, out);
-    let fds = OUTGOING.with(|s| s.borrow_mut().pop().unwrap_or_default());
+    let fds = OUTGOING
+        .try_with(|s| s.borrow_mut().pop().unwrap_or_default())
+        .unwrap_or_default();
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
         Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
@@ -115,9 +119,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, DecodeError> {
-    INCOMING.with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
+    let _ = INCOMING.try_with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
     let result = postcard::take_from_bytes::<T>(bytes);
-    INCOMING.with(|s| s.borrow_mut().pop());
+    let _ = INCOMING.try_with(|s| s.borrow_mut().pop());
     match result {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(DecodeError(format!(
@@ -199,7 +203,7 @@ pub mod fd {
     /// Fails outside this crate's decoding, or when the message did not carry that descriptor.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
         let index = u32::deserialize(deserializer)? as usize;
-        INCOMING.with(|s| {
+        let taken = INCOMING.try_with(|s| {
             let mut stack = s.borrow_mut();
             let Some(fds) = stack.last_mut() else {
                 return Err(serde::de::Error::custom(
@@ -212,6 +216,11 @@ pub mod fd {
                     "the message did not carry the descriptor of handle #{index}"
                 ))),
             }
+        });
+        taken.unwrap_or_else(|_| {
+            Err(serde::de::Error::custom(
+                "handles cannot be received during thread teardown",
+            ))
         })
     }
 }
@@ -221,13 +230,16 @@ pub(crate) fn serialize_borrowed<S: Serializer>(
     fd: BorrowedFd<'_>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = OUTGOING.with(|s| {
-        let mut stack = s.borrow_mut();
-        stack.last_mut().map(|fds| {
-            fds.push(fd.as_raw_fd());
-            fds.len() - 1
+    let index = OUTGOING
+        .try_with(|s| {
+            let mut stack = s.borrow_mut();
+            stack.last_mut().map(|fds| {
+                fds.push(fd.as_raw_fd());
+                fds.len() - 1
+            })
         })
-    });
+        .ok()
+        .flatten();
     match index {
         Some(i) => serializer.serialize_u32(i as u32),
         None => Err(serde::ser::Error::custom(

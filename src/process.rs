@@ -114,7 +114,8 @@ pub(crate) fn ensure_atexit() {
 }
 
 extern "C" fn at_exit_handler_c() {
-    at_exit_handler();
+    // Never unwind into libc.
+    let _ = std::panic::catch_unwind(at_exit_handler);
 }
 
 /// At normal exit, as Python does: terminate daemon children, join the others, stop the fork
@@ -404,7 +405,8 @@ pub struct Process<R = ()> {
     daemon: bool,
     method: Option<StartMethod>,
     entry: i64,
-    args: Option<Box<dyn ErasedArgs>>,
+    // A Mutex only to make `Process` Sync without asking `A: Sync`.
+    args: Option<Mutex<Box<dyn ErasedArgs>>>,
     child: Option<Arc<ChildShared>>,
     life: Life,
     result_taken: bool,
@@ -491,7 +493,7 @@ impl Builder {
             daemon,
             method: self.method,
             entry,
-            args: Some(Box::new(args)),
+            args: Some(Mutex::new(Box::new(args))),
             child: None,
             life: Life::New,
             result_taken: false,
@@ -565,6 +567,7 @@ impl<R: DeserializeOwned> Process<R> {
         let Some(args) = self.args.as_ref() else {
             return Err(ProcessError::new(Kind::AlreadyStarted));
         };
+        let args = args.lock().unwrap_or_else(|p| p.into_inner());
         let encoded = args
             .encode()
             .map_err(|e| ProcessError::new(Kind::Encode(e.0)))?;
@@ -579,6 +582,7 @@ impl<R: DeserializeOwned> Process<R> {
         ensure_atexit();
         let launched = context::launch(method, self.entry, &encoded, info)?;
         drop(encoded);
+        drop(args);
         self.args = None;
         let child = Arc::new(ChildShared {
             pid: launched.pid,

@@ -1,0 +1,94 @@
+//! A program for the integration tests that need a parent process of their own (to kill it, to
+//! watch it exit, or to run without the crate's constructor). Not part of the library.
+//!
+//! Usage: `mp-test-helper <role> <start method>`; it prints what the test needs on stdout.
+
+use multiprocess::{Process, StartMethod};
+use std::io::Write;
+use std::time::Duration;
+
+fn sleep_ms(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+fn write_file_after((ms, path): (u64, String)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    std::fs::write(path, b"done").unwrap();
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--multiprocess-child") {
+        // A re-executed child whose constructor was disabled and which never called init():
+        // this is the program's own main running again. Show that it cannot start processes,
+        // then behave like a long-running program.
+        let mut p = Process::new(sleep_ms, 1);
+        let refused = p.start().is_err();
+        println!("undiverted-child refused={refused}");
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    let role = args.get(1).cloned().unwrap_or_default();
+    if role != "no-init-spawn" {
+        multiprocess::init();
+    }
+    let method: StartMethod = args
+        .get(2)
+        .map_or(Ok(StartMethod::Fork), |m| m.parse())
+        .unwrap();
+    let out = &mut std::io::stdout();
+    match role.as_str() {
+        // Start a daemon child, print its pid, then wait to be killed.
+        "daemon-then-wait" => {
+            let p = Process::builder()
+                .start_method(method)
+                .daemon(true)
+                .start(sleep_ms, 60_000)
+                .unwrap();
+            writeln!(out, "{}", p.pid().unwrap()).unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
+        // Start a non-daemon child that writes a file after a while, and return from main at
+        // once: the exit handler must join it.
+        "exit-joins" => {
+            let path = args[3].clone();
+            let p = Process::builder()
+                .start_method(method)
+                .start(write_file_after, (300, path))
+                .unwrap();
+            writeln!(out, "{}", p.pid().unwrap()).unwrap();
+            std::mem::forget(p);
+        }
+        // Start a daemon child and return from main: the exit handler terminates it.
+        "exit-terminates-daemon" => {
+            let p = Process::builder()
+                .start_method(method)
+                .daemon(true)
+                .start(sleep_ms, 60_000)
+                .unwrap();
+            writeln!(out, "{}", p.pid().unwrap()).unwrap();
+            std::mem::forget(p);
+        }
+        // Spawn with the constructor disabled in the child (the variable is inherited).
+        "undiverted-spawn" => {
+            std::env::set_var("MULTIPROCESS_NO_CONSTRUCTOR", "1");
+            std::env::set_var("MULTIPROCESS_HANDSHAKE_TIMEOUT_MS", "1500");
+            let mut p = Process::builder().start_method(method).target(sleep_ms, 1);
+            match p.start() {
+                Ok(()) => writeln!(out, "started").unwrap(),
+                Err(e) => writeln!(out, "error init_missing={} {e}", e.is_init_missing()).unwrap(),
+            }
+            writeln!(out, "children={}", multiprocess::active_children().len()).unwrap();
+        }
+        // Neither constructor nor init(): spawn must refuse up front.
+        "no-init-spawn" => {
+            let mut p = Process::builder().start_method(method).target(sleep_ms, 1);
+            match p.start() {
+                Ok(()) => writeln!(out, "started").unwrap(),
+                Err(e) => writeln!(out, "error init_missing={} {e}", e.is_init_missing()).unwrap(),
+            }
+        }
+        other => panic!("unknown role {other:?}"),
+    }
+}
