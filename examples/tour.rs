@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 /// A target: "the function itself", taking its arguments as one value.
 fn greet((who, times): (String, u32)) -> String {
     let me = multiprocess::current_process();
-    println!("    [child {} pid {}] hello, {who} x{times}", me.name(), me.pid());
+    println!(
+        "    [child {} pid {}] hello, {who} x{times}",
+        me.name(),
+        me.pid()
+    );
     format!("greeted {who} {times} times")
 }
 
@@ -27,7 +31,11 @@ struct Countdown {
 impl Run for Countdown {
     type Output = Vec<u32>;
     fn run(self) -> Vec<u32> {
-        println!("    [child {}] counting down from {}", multiprocess::current_process().name(), self.from);
+        println!(
+            "    [child {}] counting down from {}",
+            multiprocess::current_process().name(),
+            self.from
+        );
         (0..=self.from).rev().collect()
     }
 }
@@ -43,7 +51,11 @@ fn pipe_child(conn: Connection) {
     let question: String = conn.recv().unwrap();
     println!("    [child] received {question:?}");
     conn.send(&format!("answer to {question:?}")).unwrap();
-    conn.send(&Reading { sensor: "t1".into(), celsius: 21.5 }).unwrap();
+    conn.send(&Reading {
+        sensor: "t1".into(),
+        celsius: 21.5,
+    })
+    .unwrap();
     let reading: Reading = conn.recv().unwrap();
     println!("    [child] received {reading:?}");
 }
@@ -56,13 +68,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     multiprocess::init();
 
     section("Multiprocess programming");
-    println!("  multiprocess gives Rust Python's two central types for processes: Process and Pool");
-    println!("  this machine has {} CPUs; this is {:?}", multiprocess::cpu_count(), multiprocess::current_process().name());
-    println!("  default start method: {} (all: {:?})", multiprocess::get_start_method(), multiprocess::get_all_start_methods());
+    println!(
+        "  multiprocess gives Rust Python's two central types for processes: Process and Pool"
+    );
+    println!(
+        "  this machine has {} CPUs; this is {:?}",
+        multiprocess::cpu_count(),
+        multiprocess::current_process().name()
+    );
+    println!(
+        "  default start method: {} (all: {:?})",
+        multiprocess::get_start_method(),
+        multiprocess::get_all_start_methods()
+    );
 
     section("Process, way 1: Process(target, args, name)");
-    let mut p = Process::builder().name("greeter").target(greet, ("world".to_string(), 2));
-    println!("  created: name={:?} pid={:?} alive={}", p.name(), p.pid(), p.is_alive());
+    let mut p = Process::builder()
+        .name("greeter")
+        .target(greet, ("world".to_string(), 2));
+    println!(
+        "  created: name={:?} pid={:?} alive={}",
+        p.name(),
+        p.pid(),
+        p.is_alive()
+    );
     p.start()?;
     println!("  p.start() -> pid {}", p.pid().unwrap_or(0));
     let value = p.join_result()?;
@@ -77,16 +106,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     section("Every start method runs the same target");
     for method in StartMethod::ALL {
         let t = Instant::now();
-        let mut p = Process::builder().start_method(method).start(greet, (method.name().to_string(), 1))?;
+        let mut p = Process::builder()
+            .start_method(method)
+            .start(greet, (method.name().to_string(), 1))?;
         p.join()?;
-        println!("  {method:>10}: start+join in {:?}, exitcode {:?}", t.elapsed(), p.exitcode());
+        println!(
+            "  {method:>10}: start+join in {:?}, exitcode {:?}",
+            t.elapsed(),
+            p.exitcode()
+        );
     }
 
     section("Daemon: p.daemon = True before start");
     let mut d = Process::new(nap, 10_000);
     d.set_daemon(true)?;
     d.start()?;
-    println!("  daemon child {} started; it dies with this program, even if this program is killed", d.pid().unwrap_or(0));
+    println!(
+        "  daemon child {} started; it dies with this program, even if this program is killed",
+        d.pid().unwrap_or(0)
+    );
     match d.set_daemon(false) {
         Err(e) => println!("  setting daemon after start is an error: {e}"),
         Ok(()) => println!("  unexpected: daemon changed after start"),
@@ -103,7 +141,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  after start: is_alive() = {}", p.is_alive());
     let t = Instant::now();
     let ended = p.join_timeout(Duration::from_millis(100))?;
-    println!("  join_timeout(100 ms) -> ended={ended} after {:?}; is_alive() = {}", t.elapsed(), p.is_alive());
+    println!(
+        "  join_timeout(100 ms) -> ended={ended} after {:?}; is_alive() = {}",
+        t.elapsed(),
+        p.is_alive()
+    );
 
     section("close(): an error while the child runs");
     match p.close() {
@@ -122,7 +164,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  terminated: exitcode {:?} (SIGTERM = 15)", p.exitcode());
     d.kill()?;
     d.join()?;
-    println!("  the daemon, killed: exitcode {:?} (SIGKILL = 9)", d.exitcode());
+    println!(
+        "  the daemon, killed: exitcode {:?} (SIGKILL = 9)",
+        d.exitcode()
+    );
 
     section("Pipe: parent_conn, child_conn = Pipe(); child_conn goes to the child through args");
     let (parent_conn, child_conn) = Pipe::new()?;
@@ -133,7 +178,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  [parent] received {answer:?}");
     let reading: Reading = parent_conn.recv()?;
     println!("  [parent] received {reading:?}  (any serde value travels)");
-    parent_conn.send(&Reading { sensor: "t2".into(), celsius: -3.0 })?;
+    parent_conn.send(&Reading {
+        sensor: "t2".into(),
+        celsius: -3.0,
+    })?;
     p.join()?;
     match parent_conn.recv::<String>() {
         Err(e) => println!("  after the child ended, recv() -> {e}"),

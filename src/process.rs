@@ -229,7 +229,7 @@ impl ChildShared {
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let ready = socket::poll_readable(&fds, left)?;
-            if status_open && ready[1] {
+            if ready.get(1) == Some(&true) {
                 self.pump_status();
             }
             if ready[0] {
