@@ -142,3 +142,23 @@ fn without_init_or_constructor_spawn_refuses_up_front() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("error init_missing=true"), "{stdout}");
 }
+
+#[test]
+fn a_child_running_another_binary_refuses_clearly() {
+    deadline(60, || {
+        for m in [
+            multiprocess::StartMethod::Spawn,
+            multiprocess::StartMethod::ForkServer,
+        ] {
+            let out = Command::new(HELPER)
+                .args(["mismatched-build", m.name()])
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains("error") && stdout.contains("different binary"),
+                "{m}: {stdout}"
+            );
+        }
+    });
+}

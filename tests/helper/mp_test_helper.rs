@@ -81,6 +81,21 @@ fn main() {
             }
             writeln!(out, "children={}", multiprocess::active_children().len()).unwrap();
         }
+        // The child runs "another build": it must refuse with a clear error.
+        "mismatched-build" => {
+            // Fix this process's own build id first, then make children compute another one.
+            let mut warm = Process::builder()
+                .start_method(StartMethod::Spawn)
+                .start(sleep_ms, 1)
+                .unwrap();
+            warm.join().unwrap();
+            std::env::set_var("MULTIPROCESS_BUILD_ID_SALT", "another build");
+            let mut p = Process::builder().start_method(method).target(sleep_ms, 1);
+            match p.start() {
+                Ok(()) => writeln!(out, "started").unwrap(),
+                Err(e) => writeln!(out, "error {e}").unwrap(),
+            }
+        }
         // Neither constructor nor init(): spawn must refuse up front.
         "no-init-spawn" => {
             let mut p = Process::builder().start_method(method).target(sleep_ms, 1);

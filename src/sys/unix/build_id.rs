@@ -12,7 +12,14 @@ const NT_GNU_BUILD_ID: u32 = 3;
 /// A 64-bit identity of the running executable (cached after the first call).
 pub(crate) fn build_id() -> u64 {
     static ID: OnceLock<u64> = OnceLock::new();
-    *ID.get_or_init(|| gnu_build_id().unwrap_or_else(file_identity))
+    *ID.get_or_init(|| {
+        let id = gnu_build_id().unwrap_or_else(file_identity);
+        // A test hook: pretend to be another build (see tests/process_parent_death.rs).
+        match std::env::var_os("MULTIPROCESS_BUILD_ID_SALT") {
+            Some(salt) => fnv1a(salt.as_encoded_bytes(), id),
+            None => id,
+        }
+    })
 }
 
 fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
