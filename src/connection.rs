@@ -85,6 +85,15 @@ impl Pipe {
     ///
     /// # Errors
     /// When the system is out of descriptors or memory.
+    ///
+    /// # Examples
+    /// ```
+    /// let (receiver, sender) = multiprocess::Pipe::oneway()?;
+    /// sender.send(&"one way")?;
+    /// assert_eq!(receiver.recv::<String>()?, "one way");
+    /// assert!(receiver.send(&1).is_err());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn oneway() -> io::Result<(Connection, Connection)> {
         let (r, w) = socket::socketpair()?;
         socket::shutdown(r.as_fd(), false)?;
@@ -323,6 +332,18 @@ impl Connection {
     ///
     /// # Errors
     /// [`ConnectionError::BrokenPipe`] when the other end is closed.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::Pipe::new()?;
+    /// a.send_bytes(b"raw")?;
+    /// assert_eq!(b.recv_bytes()?, b"raw");
+    /// let mut buf = [0u8; 16];
+    /// a.send_bytes(b"into")?;
+    /// let n = b.recv_bytes_into(&mut buf)?;
+    /// assert_eq!(&buf[..n], b"into");
+    /// # Ok::<(), multiprocess::ConnectionError>(())
+    /// ```
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), ConnectionError> {
         self.send_encoded(bytes, &[])
     }
@@ -352,6 +373,16 @@ impl Connection {
     ///
     /// # Errors
     /// [`ConnectionError::Timeout`] when nothing complete arrived in time, or as [`recv`](Self::recv).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, b) = multiprocess::Pipe::new()?;
+    /// assert!(b.recv_timeout::<u32>(Duration::from_millis(10)).unwrap_err().is_timeout());
+    /// a.send(&5u32)?;
+    /// assert_eq!(b.recv_timeout::<u32>(Duration::from_secs(1))?, 5);
+    /// # Ok::<(), multiprocess::ConnectionError>(())
+    /// ```
     pub fn recv_timeout<T: DeserializeOwned>(
         &self,
         timeout: Duration,
@@ -434,6 +465,16 @@ impl Connection {
     ///
     /// # Errors
     /// An operating-system error.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, b) = multiprocess::Pipe::new()?;
+    /// assert!(!b.poll(Duration::ZERO)?);
+    /// a.send(&1)?;
+    /// assert!(b.poll(Duration::from_secs(1))?);
+    /// # Ok::<(), multiprocess::ConnectionError>(())
+    /// ```
     pub fn poll(&self, timeout: Duration) -> Result<bool, ConnectionError> {
         if !self.readable {
             return Err(ConnectionError::WrongDirection(

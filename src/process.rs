@@ -627,6 +627,20 @@ impl<R: DeserializeOwned> Process<R> {
     ///
     /// # Errors
     /// As [`join`](Self::join).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// fn nap(ms: u64) { std::thread::sleep(Duration::from_millis(ms)) }
+    ///
+    /// let mut p = multiprocess::Process::new(nap, 10_000);
+    /// p.start()?;
+    /// assert!(!p.join_timeout(Duration::from_millis(50))?, "still sleeping");
+    /// p.terminate()?;
+    /// assert!(p.join_timeout(Duration::from_secs(10))?);
+    /// assert_eq!(p.exitcode(), Some(-15));
+    /// # Ok::<(), multiprocess::ProcessError>(())
+    /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool, ProcessError> {
         let child = Arc::clone(self.started()?);
         let ended = child.wait(Some(timeout))?;
@@ -870,6 +884,19 @@ impl ParentProcess {
 
 /// The parent of this process if the crate started it, else `None` (Python's
 /// `parent_process()`).
+///
+/// # Examples
+/// ```
+/// fn parent_pid(_: ()) -> Option<i32> {
+///     multiprocess::parent_process().map(|p| p.pid())
+/// }
+///
+/// assert!(multiprocess::parent_process().is_none());
+/// let mut p = multiprocess::Process::new(parent_pid, ());
+/// p.start()?;
+/// assert_eq!(p.join_result()?, Some(std::process::id() as i32));
+/// # Ok::<(), multiprocess::ProcessError>(())
+/// ```
 pub fn parent_process() -> Option<ParentProcess> {
     let g = lock_state();
     g.parent.as_ref().map(|(pid, name)| ParentProcess {
@@ -919,6 +946,21 @@ impl ActiveChild {
 
 /// The children of this process that are still running (Python's `active_children()`);
 /// ended ones are reaped on the way.
+///
+/// # Examples
+/// ```
+/// fn nap(ms: u64) { std::thread::sleep(std::time::Duration::from_millis(ms)) }
+///
+/// let mut p = multiprocess::Process::new(nap, 10_000);
+/// p.start()?;
+/// let children = multiprocess::active_children();
+/// assert!(children.iter().any(|c| Some(c.pid()) == p.pid()));
+/// for c in children {
+///     c.kill()?;
+/// }
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn active_children() -> Vec<ActiveChild> {
     cleanup()
         .into_iter()
