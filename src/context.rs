@@ -338,6 +338,9 @@ fn launch_fork(
     let entry = unsafe { task::entry_at(entry_offset) };
     let (parent_end, child_end) = socket::socketpair().map_err(ProcessError::start)?;
     let parent_pid = sysproc::getpid();
+    // The child flushes stdout before `_exit`; initializing it here, once, spares every child
+    // the allocation (and its copy-on-write page faults).
+    let _ = std::io::stdout();
     // Hold every global lock of the crate across the fork, so that the child finds them
     // consistent and resets them (lock order: SERVER, then the process registry).
     let mut server_slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
