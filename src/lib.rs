@@ -86,6 +86,8 @@ pub mod handle;
 pub mod process;
 #[allow(dead_code)]
 mod region;
+pub mod shared_memory;
+pub mod sync;
 mod sys;
 mod task;
 
@@ -98,6 +100,13 @@ pub use error::ProcessError;
 pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
+};
+pub use shared_memory::{
+    Array, ArrayGuard, AtomicArray, AtomicValue, Pod, RawArray, RawValue, SharedMemory, Value,
+    ValueGuard, Zeroable,
+};
+pub use sync::{
+    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, OwnerDied, RLock, Semaphore,
 };
 pub use task::Run;
 
