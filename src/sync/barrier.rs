@@ -22,7 +22,9 @@
 //! break and reset can, and 32 of them must pass while it sleeps for the bit to be reused).
 //! A sleeper whose slice of [`LIVENESS_SLICE`] ends checks, under the lock, that every party
 //! recorded in the round is alive; if one is dead it breaks the round. A timeout breaks the
-//! round too, as in Python. Breaking sets `broken`, the round's `history` bit, `dead` when a
+//! round too, as in Python. The last party checks the recorded parties the same way before
+//! it ends the round (one `/proc` read per party per round), and breaks it instead if one is
+//! dead. Breaking sets `broken`, the round's `history` bit, `dead` when a
 //! party died, bumps `generation` and wakes everyone.
 
 use std::fmt;
@@ -31,7 +33,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::raw::{Acquired, RawLock, LIVENESS_SLICE};
-use super::{deadline, handle_serde, magic, Tagged, BODY};
+use super::{deadline, handle_serde, magic, Tagged, BODY, WAKE_ALL};
 use crate::sys::shm::{futex_wait, futex_wake};
 use crate::sys::sync::{current_thread, thread_alive};
 
@@ -56,6 +58,11 @@ const RESET: u32 = 4;
 /// party that dies while waiting *breaks* it: every waiter, and every later `wait` until
 /// [`reset`](Barrier::reset), gets a [`BarrierError`]. Python's `action` argument has no
 /// equivalent: let the party whose `wait` returned 0 do the work.
+///
+/// A party that dies *while waiting* is noticed within about 100 ms by the other waiters,
+/// and by the last party to arrive (which checks the others before it releases them). A
+/// party that dies between rounds, before it reaches the barrier, cannot be told apart from
+/// a slow one: use [`wait_timeout`](Barrier::wait_timeout) where that matters.
 ///
 /// # Examples
 /// ```
@@ -145,7 +152,7 @@ impl Barrier {
             .fetch_or(1 << (g % 32), Ordering::Relaxed);
         self.word(COUNT).store(0, Ordering::Relaxed);
         generation.store(g.wrapping_add(1), Ordering::Release);
-        futex_wake(generation, u32::MAX);
+        futex_wake(generation, WAKE_ALL);
     }
 
     fn error(&self) -> BarrierError {
@@ -164,7 +171,7 @@ impl Barrier {
     /// ```
     /// let b = multiprocess::Barrier::new(1)?;
     /// assert_eq!(b.wait()?, 0);
-    /// # Ok::<(), multiprocess::sync::BarrierError>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn wait(&self) -> Result<u32, BarrierError> {
         self.wait_until(None)
@@ -205,11 +212,19 @@ impl Barrier {
         self.slot(index)
             .store((u64::from(tid) << 32) | u64::from(start), Ordering::Relaxed);
         if index + 1 >= parties {
+            // A party that died while waiting cannot go on: break rather than trip, so that
+            // the survivors learn about it now instead of missing it in the next round.
+            if let Some(dead) = self.first_dead(index) {
+                self.break_round(DIED, dead);
+                let e = self.error();
+                self.raw().unlock();
+                return Err(e);
+            }
             self.word(HISTORY)
                 .fetch_and(!(1 << (g % 32)), Ordering::Relaxed);
             self.word(COUNT).store(0, Ordering::Relaxed);
             generation.store(g.wrapping_add(1), Ordering::Release);
-            futex_wake(generation, u32::MAX);
+            futex_wake(generation, WAKE_ALL);
             self.raw().unlock();
             return Ok(index);
         }
@@ -245,17 +260,21 @@ impl Barrier {
             self.lock();
             if generation.load(Ordering::Relaxed) == g {
                 let count = self.word(COUNT).load(Ordering::Relaxed);
-                for i in 0..count {
-                    let token = self.slot(i).load(Ordering::Relaxed);
-                    let (t, s) = ((token >> 32) as u32, token as u32);
-                    if t != 0 && !thread_alive(t, s) {
-                        self.break_round(DIED, t);
-                        break;
-                    }
+                if let Some(dead) = self.first_dead(count) {
+                    self.break_round(DIED, dead);
                 }
             }
             self.raw().unlock();
         }
+    }
+
+    /// The first of the first `count` parties of this round that is dead (the lock is held).
+    fn first_dead(&self, count: u32) -> Option<u32> {
+        (0..count).find_map(|i| {
+            let token = self.slot(i).load(Ordering::Relaxed);
+            let (t, s) = ((token >> 32) as u32, token as u32);
+            (t != 0 && !thread_alive(t, s)).then_some(t)
+        })
     }
 
     /// Breaks the barrier: every waiter and every later `wait` gets an error until

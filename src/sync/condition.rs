@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use super::lock::{Lock, LockGuard};
 use super::raw::{Acquired, RawLock};
-use super::{deadline, magic, LockResult, OwnerDied, Tagged, TryLockError, TryLockResult, BODY};
+use super::{
+    deadline, magic, LockResult, OwnerDied, Tagged, TryLockError, TryLockResult, BODY, WAKE_ALL,
+};
 use crate::region::Region;
 use crate::sys::shm::{futex_wait, futex_wake};
 
@@ -235,6 +237,7 @@ impl Condition {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn notify_n(&self, n: u32) {
+        let n = n.min(WAKE_ALL);
         let seq = self.word(SEQ);
         seq.fetch_add(1, Ordering::SeqCst);
         if n > 0 && self.word(SLEEPERS).load(Ordering::SeqCst) != 0 {
@@ -251,7 +254,7 @@ impl Condition {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn notify_all(&self) {
-        self.notify_n(u32::MAX);
+        self.notify_n(WAKE_ALL);
     }
 }
 

@@ -19,7 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{deadline, handle_serde, magic, Tagged, BODY};
+use super::{deadline, handle_serde, magic, Tagged, BODY, WAKE_ALL};
 use crate::sys::shm::{futex_wait, futex_wake};
 
 const MAGIC: u32 = magic(b"mEv1");
@@ -91,7 +91,7 @@ impl Event {
     pub fn set(&self) {
         let flag = self.word(FLAG);
         if flag.swap(1, Ordering::SeqCst) == 0 && self.word(SLEEPERS).load(Ordering::SeqCst) != 0 {
-            futex_wake(flag, u32::MAX);
+            futex_wake(flag, WAKE_ALL);
         }
     }
 

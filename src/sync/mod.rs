@@ -158,6 +158,10 @@ impl<G: fmt::Debug> std::error::Error for TryLockError<G> {}
 /// The result of a non-blocking or bounded lock.
 pub type TryLockResult<G> = Result<G, TryLockError<G>>;
 
+/// "Wake every sleeper": the kernel reads the count as a signed int, so `u32::MAX` (-1)
+/// would wake only one.
+pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
+
 /// Byte offset of the body of every sync region (after the magic number and a spare word).
 pub(crate) const BODY: usize = 8;
 
