@@ -47,11 +47,13 @@ impl Region {
     }
 
     /// The first byte (page-aligned).
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.map.as_ptr()
     }
 
     /// The length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -99,6 +101,7 @@ impl Region {
     /// # Panics
     /// When `offset` is not aligned for `T` or out of bounds (a bug in the layout code, not
     /// caller input).
+    #[inline]
     pub(crate) fn get<T: Shared>(&self, offset: usize) -> &T {
         assert!(
             offset % std::mem::align_of::<T>() == 0

@@ -9,7 +9,8 @@
 //!
 //! # Protocol
 //! `set` swaps the flag to 1 and, if it was 0 and `sleepers` is not 0, wakes every sleeper.
-//! `wait` returns when it reads 1 (`Acquire`, pairing with the `SeqCst` swap, so what the
+//! `wait` spins for at most [`SPIN_TIME`](super::SPIN_TIME) (a few microseconds) reading the
+//! flag, then returns when it reads 1 (`Acquire`, pairing with the `SeqCst` swap, so what the
 //! setter wrote before `set` is visible); else it increments `sleepers`, re-reads the flag and
 //! sleeps while it is 0. Both sides write then read the other's word with `SeqCst`, so either
 //! the setter sees the sleeper or the sleeper sees the flag: no lost wake-up. A waiter that
@@ -150,6 +151,11 @@ impl Event {
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let flag = self.word(FLAG);
         let sleepers = self.word(SLEEPERS);
+        // A setter running right now on another core usually sets the flag within a few
+        // microseconds: look for a bounded time before sleeping.
+        if super::spin_briefly(|| flag.load(Ordering::Acquire) == 1) {
+            return true;
+        }
         loop {
             if flag.load(Ordering::Acquire) == 1 {
                 return true;

@@ -162,6 +162,25 @@ pub type TryLockResult<G> = Result<G, TryLockError<G>>;
 /// would wake only one.
 pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
 
+/// How long a waiter that expects a quick answer spins before it sleeps on a futex.
+pub(crate) const SPIN_TIME: std::time::Duration = std::time::Duration::from_micros(5);
+
+/// Spins while `done` is false, for at most [`SPIN_TIME`]; whether `done` became true.
+pub(crate) fn spin_briefly(done: impl Fn() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        for _ in 0..32 {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() >= SPIN_TIME {
+            return done();
+        }
+    }
+}
+
 /// Byte offset of the body of every sync region (after the magic number and a spare word).
 pub(crate) const BODY: usize = 8;
 

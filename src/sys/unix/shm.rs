@@ -61,11 +61,13 @@ impl Mapping {
     }
 
     /// The first byte; page-aligned.
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// The length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
