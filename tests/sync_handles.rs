@@ -81,3 +81,22 @@ fn every_handle_travels_and_nothing_is_left_behind() {
         assert!(multiprocess::active_children().is_empty());
     });
 }
+
+#[test]
+fn handles_are_send_and_sync_and_guards_are_not_send() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Lock>();
+    send_sync::<RLock>();
+    send_sync::<Semaphore>();
+    send_sync::<BoundedSemaphore>();
+    send_sync::<Event>();
+    send_sync::<Condition>();
+    send_sync::<Barrier>();
+    send_sync::<Value<u64>>();
+    send_sync::<Array<u8>>();
+    send_sync::<RawValue<u8>>();
+    send_sync::<multiprocess::RawArray<u8>>();
+    send_sync::<multiprocess::AtomicValue<std::sync::atomic::AtomicU64>>();
+    send_sync::<multiprocess::AtomicArray<std::sync::atomic::AtomicU64>>();
+    send_sync::<SharedMemory>();
+}

@@ -168,6 +168,12 @@ pub(crate) fn wrap<G>(guard: G, how: Acquired) -> LockResult<G> {
 ///
 /// Not `Send`: the lock records the thread that holds it, so that it can tell when that thread
 /// is gone.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let lock = multiprocess::Lock::new().unwrap();
+/// send(lock.lock().unwrap());
+/// ```
 #[doc(alias = "release")]
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard<'a> {
