@@ -10,7 +10,7 @@
 //! # Protocol
 //! `set` swaps the flag to 1 and, if it was 0 and `sleepers` is not 0, wakes every sleeper.
 //! `wait` spins for at most [`SPIN_TIME`](super::SPIN_TIME) (a few microseconds) reading the
-//! flag, then returns when it reads 1 (`Acquire`, pairing with the `SeqCst` swap, so what the
+//! flag (adaptively: not after a spin that failed, see `spin_briefly`), then returns when it reads 1 (`Acquire`, pairing with the `SeqCst` swap, so what the
 //! setter wrote before `set` is visible); else it increments `sleepers`, re-reads the flag and
 //! sleeps while it is 0. Both sides write then read the other's word with `SeqCst`, so either
 //! the setter sees the sleeper or the sleeper sees the flag: no lost wake-up. A waiter that

@@ -165,8 +165,27 @@ pub(crate) const WAKE_ALL: u32 = i32::MAX as u32;
 /// How long a waiter that expects a quick answer spins before it sleeps on a futex.
 pub(crate) const SPIN_TIME: std::time::Duration = std::time::Duration::from_micros(5);
 
+/// Waits skipped without spinning after a spin that failed.
+const SPIN_BACKOFF: u32 = 8;
+
+thread_local! {
+    /// How many coming waits of this thread sleep at once: spinning failed recently (the
+    /// machine is busy, or the other side is slow), so it would only burn a core.
+    static SKIP_SPINS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
 /// Spins while `done` is false, for at most [`SPIN_TIME`]; whether `done` became true.
+///
+/// Adaptive: after a spin that fails, the calling thread's next [`SPIN_BACKOFF`] waits do not
+/// spin. On an idle machine with the other side running, a wait ends within the spin (a round
+/// trip of well under a microsecond instead of two futex wake-ups); on a loaded one, spinning
+/// stops and the waiter sleeps at once.
 pub(crate) fn spin_briefly(done: impl Fn() -> bool) -> bool {
+    let skip = SKIP_SPINS.with(std::cell::Cell::get);
+    if skip > 0 {
+        SKIP_SPINS.with(|s| s.set(skip - 1));
+        return done();
+    }
     let start = std::time::Instant::now();
     loop {
         for _ in 0..32 {
@@ -176,6 +195,7 @@ pub(crate) fn spin_briefly(done: impl Fn() -> bool) -> bool {
             std::hint::spin_loop();
         }
         if start.elapsed() >= SPIN_TIME {
+            SKIP_SPINS.with(|s| s.set(SPIN_BACKOFF));
             return done();
         }
     }
