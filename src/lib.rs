@@ -50,6 +50,13 @@
 //! [`#[multiprocess::main]`](main)) does the same first thing in `main` where constructors do not run.
 //! The default is the fork server where that diversion works, else fork.
 //!
+//! ## Locks and shared values
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`], [`Condition`] and
+//! [`Barrier`] ([`sync`]) and [`Value`], [`Array`], [`RawValue`], [`RawArray`],
+//! [`AtomicValue`] and [`SharedMemory`] ([`shared_memory`]) are handles too: pass them to
+//! children. A process killed while holding a lock does not wedge the others: the next locker
+//! gets the lock and an [`OwnerDied`] that says so; a barrier whose party died breaks.
+//!
 //! ## Which one do I need?
 //! | you want | use |
 //! |---|---|
@@ -58,6 +65,13 @@
 //! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
 //! | a process that dies with its parent | [`Builder::daemon`] |
 //! | pass an open file or socket to a child | [`handle::SharedFd`] |
+//! | one process at a time in a section | [`Lock`] (re-entrant: [`RLock`]) |
+//! | at most N processes at a time | [`Semaphore`], [`BoundedSemaphore`] |
+//! | wake processes when something happened | [`Event`], or [`Condition`] with a predicate |
+//! | N processes meet before going on | [`Barrier`] |
+//! | a number or struct every process updates | [`Value`] (lock-free: [`AtomicValue`]) |
+//! | a shared buffer | [`Array`], [`RawArray`], [`SharedMemory`] |
+//! | memory that unrelated processes find by name | [`SharedMemory::create`] / [`SharedMemory::open`] |
 //!
 //! ## From Python
 //! | Python | multiprocess |
@@ -72,6 +86,14 @@
 //! | `c.send_bytes(b)`, `c.recv_bytes()`, `c.recv_bytes_into(buf)` | the same names |
 //! | `multiprocessing.connection.wait(objs, t)` | [`connection::wait`] |
 //! | `EOFError` | [`ConnectionError::Eof`] |
+//! | `Lock()`, `with lock:`, `lock.acquire(timeout=t)` | `Lock::new()?`, `let _g = lock.lock()`, `lock_timeout(t)` |
+//! | `RLock()`, `Semaphore(n)`, `BoundedSemaphore(n)` | `RLock::new()`, `Semaphore::new(n)`, `BoundedSemaphore::new(n)` |
+//! | `Event()`, `e.set()`, `e.wait(t)` | `Event::new()`, `set()`, `wait_timeout(t)` |
+//! | `Condition()`, `c.wait_for(p)`, `c.notify_all()` | `Condition::new()`, `guard.wait_while(\|\| !p())`, `notify_all()` |
+//! | `Barrier(n)`, `b.wait()`, `BrokenBarrierError` | `Barrier::new(n)`, `wait()`, [`BarrierError`] |
+//! | `Value('q', 0)`, `v.get_lock()`, `v.value` | `Value::new(0i64)`, `v.lock()`, `get()`/`set()` |
+//! | `Array('d', n)`, `RawValue`, `RawArray` | `Array::<f64>::new(n)`, [`RawValue`], [`RawArray`] |
+//! | `shared_memory.SharedMemory(name, create=True, size=n)` | [`SharedMemory::create`]`(name, n)`; attach: [`SharedMemory::open`] |
 //! | `get_context("spawn")`, `set_start_method("fork")` | `get_context(StartMethod::Spawn)`, `set_start_method(StartMethod::Fork)` |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
 //! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
@@ -86,6 +108,8 @@ pub mod handle;
 pub mod process;
 #[allow(dead_code)]
 mod region;
+pub mod shared_memory;
+pub mod sync;
 mod sys;
 mod task;
 
@@ -98,6 +122,13 @@ pub use error::ProcessError;
 pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
+};
+pub use shared_memory::{
+    Array, ArrayGuard, AtomicArray, AtomicValue, Pod, RawArray, RawValue, SharedMemory, Value,
+    ValueGuard, Zeroable,
+};
+pub use sync::{
+    Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, OwnerDied, RLock, Semaphore,
 };
 pub use task::Run;
 

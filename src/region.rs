@@ -7,7 +7,7 @@
 //! so nothing is ever left in `/dev/shm`, whoever dies.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::{fmt, io};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -47,11 +47,13 @@ impl Region {
     }
 
     /// The first byte (page-aligned).
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.map.as_ptr()
     }
 
     /// The length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
@@ -72,6 +74,47 @@ impl Region {
         #[allow(unsafe_code)]
         unsafe {
             &*(self.as_ptr().add(offset) as *const AtomicU32)
+        }
+    }
+}
+
+/// A type that can live in a [`Region`] at a fixed offset and be used through `&T` by every
+/// process mapping it at once.
+///
+/// # Safety
+/// Every bit pattern (all zeros included: a new region is zero-filled) must be a valid `T`, and
+/// `T` may only be changed through atomics (interior mutability that is sound across
+/// processes), so that any number of `&T` in any number of processes are sound.
+#[allow(unsafe_code)]
+pub(crate) unsafe trait Shared: Sync {}
+
+// SAFETY: atomics: any bits are a valid value, and mutation is atomic.
+#[allow(unsafe_code)]
+unsafe impl Shared for AtomicU32 {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Shared for AtomicU64 {}
+
+impl Region {
+    /// The `T` at byte `offset`.
+    ///
+    /// # Panics
+    /// When `offset` is not aligned for `T` or out of bounds (a bug in the layout code, not
+    /// caller input).
+    #[inline]
+    pub(crate) fn get<T: Shared>(&self, offset: usize) -> &T {
+        assert!(
+            offset % std::mem::align_of::<T>() == 0
+                && offset + std::mem::size_of::<T>() <= self.len(),
+            "bad offset {offset} for a {}",
+            std::any::type_name::<T>()
+        );
+        // SAFETY: in bounds and aligned (checked; the mapping is page-aligned); `T: Shared`
+        // makes any contents valid and any number of shared references sound; the mapping
+        // lives as long as `self`.
+        #[allow(unsafe_code)]
+        unsafe {
+            &*(self.as_ptr().add(offset) as *const T)
         }
     }
 }

@@ -19,6 +19,7 @@ mod stats;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
+mod w7_sync;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,7 +28,14 @@ use std::process::ExitCode;
 pub(crate) const RAW_EXEC_CHILD: &str = "--raw-exec-child";
 
 /// Every workload, in the order they run when none is named.
-const WORKLOADS: &[Workload] = &[w1_spawn::WORKLOAD, w2_pingpong::WORKLOAD, w3_bulk::WORKLOAD];
+const WORKLOADS: &[Workload] = &[
+    w1_spawn::WORKLOAD,
+    w2_pingpong::WORKLOAD,
+    w3_bulk::WORKLOAD,
+    w7_sync::W7A,
+    w7_sync::W7B,
+    w7_sync::W7C,
+];
 
 /// Error type of the harness: any error, with its message.
 pub(crate) type Error = Box<dyn std::error::Error>;
@@ -66,6 +74,10 @@ pub(crate) enum Metric {
     MedianUs,
     /// Throughput in GB/s, GB = 10^9 bytes (higher is better).
     GbPerS,
+    /// Mean time of one operation in nanoseconds (lower is better).
+    NsPerOp,
+    /// Wall time of the whole run in seconds (lower is better).
+    Seconds,
 }
 
 impl Metric {
@@ -73,6 +85,8 @@ impl Metric {
         match self {
             Metric::MedianUs => "median_us",
             Metric::GbPerS => "gb_per_s",
+            Metric::NsPerOp => "ns_per_op",
+            Metric::Seconds => "seconds",
         }
     }
 
@@ -80,6 +94,8 @@ impl Metric {
         match self {
             Metric::MedianUs => "us",
             Metric::GbPerS => "GB/s",
+            Metric::NsPerOp => "ns",
+            Metric::Seconds => "s",
         }
     }
 }

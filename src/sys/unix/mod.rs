@@ -2,10 +2,12 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod build_id;
+pub(crate) mod named_shm;
 pub(crate) mod process;
 #[allow(dead_code)] // used by the queue and sync modules
 pub(crate) mod shm;
 pub(crate) mod socket;
+pub(crate) mod sync;
 
 use std::io;
 

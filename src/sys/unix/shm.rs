@@ -61,11 +61,13 @@ impl Mapping {
     }
 
     /// The first byte; page-aligned.
+    #[inline]
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
     /// The length in bytes.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -110,5 +112,7 @@ pub(crate) fn futex_wait(
 
 /// Wakes up to `n` waiters of `word` in any process; returns how many were woken.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+    // The kernel reads the count as a signed int: `u32::MAX` would be -1 and wake one waiter.
+    let n = n.min(i32::MAX as u32);
     futex::wake(word, futex::Flags::empty(), n).unwrap_or(0)
 }

@@ -1,0 +1,530 @@
+//! Shared memory: raw blocks ([`SharedMemory`]), typed values with a lock ([`Value`],
+//! [`Array`]), without one ([`RawValue`], [`RawArray`]), and shared atomics ([`AtomicValue`],
+//! [`AtomicArray`]).
+//!
+//! Every type here is a *handle*: pass it to a child or send it through a
+//! [`Connection`](crate::Connection), and the other side maps the same memory.
+//!
+//! # Plain data
+//! Values and arrays hold `T: `[`Pod`] (from the `bytemuck` crate, re-exported here): plain
+//! data with no pointers, no padding, and every bit pattern valid, so that what another
+//! process wrote (even one killed halfway through a write) is always a valid `T`. Derive it
+//! for your own `#[repr(C)]` structs with `bytemuck`'s `derive` feature.
+//!
+//! # Named blocks and what is left in `/dev/shm`
+//! [`SharedMemory::new`] and every value type use anonymous memory (a memfd): it has no name,
+//! and vanishes with the last process that maps it, whoever dies how. A *named* block
+//! ([`SharedMemory::create`]) is a file in `/dev/shm` that unrelated processes
+//! [`open`](SharedMemory::open) by name. The process that created it owns the name: it
+//! removes it when its handle is dropped (or at [`unlink`](SharedMemory::unlink)); a process
+//! that attaches never removes it on its own (unlike Python before 3.13, gh-82300).
+//!
+//! A creator that is killed cannot remove anything, so each creating process also keeps a
+//! *ledger*, `/dev/shm/multiprocess-ledger.<pid>.<start time>`, listing the names it owns.
+//! Every [`SharedMemory::create`] first removes the names listed in the ledgers of processes
+//! that no longer exist, and the ledgers themselves; [`remove_orphans`] does the same on
+//! demand. A ledger disappears when its process has unlinked everything it created.
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::region::Region;
+use crate::sys::named_shm;
+use crate::sys::sync::{current_process, thread_alive};
+
+mod value;
+
+pub use bytemuck::{Pod, Zeroable};
+pub use value::{
+    Array, ArrayGuard, AtomicArray, AtomicValue, IndexError, RawArray, RawValue, SharedAtomic,
+    Value, ValueGuard,
+};
+
+/// A block of shared memory: anonymous ([`new`](SharedMemory::new)) or named in `/dev/shm`
+/// ([`create`](SharedMemory::create), [`open`](SharedMemory::open)); Python's
+/// `multiprocessing.shared_memory.SharedMemory`.
+///
+/// Read and write it with [`read`](SharedMemory::read) and [`write`](SharedMemory::write)
+/// (atomic byte copies, sound whatever other processes do), or through
+/// [`as_ptr`](SharedMemory::as_ptr) with your own synchronization. Clones share one mapping.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, SharedMemory};
+///
+/// fn child(block: SharedMemory) {
+///     block.write(0, b"hello").unwrap();
+/// }
+///
+/// let block = SharedMemory::new(4096)?;
+/// let mut p = Process::builder().start(child, block.clone())?;
+/// p.join()?;
+/// let mut buf = [0u8; 5];
+/// block.read(0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct SharedMemory {
+    block: Arc<Block>,
+}
+
+struct Block {
+    region: Region,
+    name: Option<String>,
+    /// The pid of the process that created the name, when this is that process's handle.
+    creator: Option<u32>,
+    unlinked: AtomicBool,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if let (Some(name), Some(pid)) = (&self.name, self.creator) {
+            if pid == current_process_id() && !self.unlinked.swap(true, Ordering::AcqRel) {
+                let _ = named_shm::unlink(name);
+                ledger_remove(name);
+            }
+        }
+    }
+}
+
+fn current_process_id() -> u32 {
+    crate::sys::process::getpid() as u32
+}
+
+impl fmt::Debug for SharedMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMemory")
+            .field("name", &self.block.name)
+            .field("len", &self.len())
+            .field("creator", &self.is_creator())
+            .finish()
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.into())
+}
+
+fn check_name(name: &str) -> io::Result<&str> {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    if name.is_empty() || name.len() > 255 || name.contains('/') || name == "." || name == ".." {
+        return Err(invalid(format!(
+            "{name:?} is not a valid shared-memory name: use 1 to 255 characters without '/'"
+        )));
+    }
+    if name.starts_with(LEDGER_PREFIX) {
+        return Err(invalid(format!(
+            "{name:?} is reserved: names starting with {LEDGER_PREFIX:?} are multiprocess's own"
+        )));
+    }
+    Ok(name)
+}
+
+impl SharedMemory {
+    /// An anonymous block of `size` zero bytes, which other processes get by receiving the
+    /// handle.
+    ///
+    /// # Errors
+    /// `InvalidInput` when `size` is 0; an error when the memory cannot be created.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::new(100)?;
+    /// assert_eq!(block.len(), 100);
+    /// assert_eq!(block.name(), None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new(size: usize) -> io::Result<SharedMemory> {
+        if size == 0 {
+            return Err(invalid("a shared-memory block needs a size above 0"));
+        }
+        Ok(SharedMemory::from_parts(
+            Region::new("multiprocess-shared-memory", size)?,
+            None,
+            None,
+        ))
+    }
+
+    fn from_parts(region: Region, name: Option<String>, creator: Option<u32>) -> SharedMemory {
+        SharedMemory {
+            block: Arc::new(Block {
+                region,
+                name,
+                creator,
+                unlinked: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Creates the named block `name` (in `/dev/shm`) of `size` zero bytes. This process owns
+    /// the name: it is removed when the last clone of this handle in this process is dropped,
+    /// or at [`unlink`](SharedMemory::unlink). A leading `/` is ignored, as in Python.
+    ///
+    /// # Errors
+    /// `AlreadyExists` when the name is taken; `InvalidInput` for an empty name, one with a
+    /// `/`, or a size of 0.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::SharedMemory;
+    ///
+    /// let name = format!("doc-create-{}", std::process::id());
+    /// let block = SharedMemory::create(&name, 64)?;
+    /// let other = SharedMemory::open(&name)?; // as an unrelated process would
+    /// other.write(0, &[7])?;
+    /// let mut b = [0u8];
+    /// block.read(0, &mut b)?;
+    /// assert_eq!(b, [7]);
+    /// drop(other); // an attacher leaves the name alone
+    /// assert!(SharedMemory::open(&name).is_ok());
+    /// drop(block); // the creator removes it
+    /// assert!(SharedMemory::open(&name).is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn create(name: &str, size: usize) -> io::Result<SharedMemory> {
+        let name = check_name(name)?;
+        if size == 0 {
+            return Err(invalid("a shared-memory block needs a size above 0"));
+        }
+        let _ = remove_orphans();
+        ledger_add(name)?;
+        let fd = match named_shm::create(name, size) {
+            Ok(fd) => fd,
+            Err(e) => {
+                ledger_remove(name);
+                return Err(e);
+            }
+        };
+        match Region::from_fd(fd) {
+            Ok(region) => Ok(SharedMemory::from_parts(
+                region,
+                Some(name.to_string()),
+                Some(current_process_id()),
+            )),
+            Err(e) => {
+                let _ = named_shm::unlink(name);
+                ledger_remove(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// Creates a named block under a fresh name (Python's `SharedMemory(create=True)` without
+    /// a name); [`name`](SharedMemory::name) tells it.
+    ///
+    /// # Errors
+    /// As [`create`](SharedMemory::create).
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::create_unique(64)?;
+    /// assert!(block.name().unwrap().starts_with("mp-"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn create_unique(size: usize) -> io::Result<SharedMemory> {
+        use std::sync::atomic::AtomicU64;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        loop {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let name = format!(
+                "mp-{}-{}-{nanos:08x}",
+                current_process_id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            match SharedMemory::create(&name, size) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Attaches to the existing named block `name` (Python's `SharedMemory(name)`). Dropping
+    /// the handle never removes the name.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such block.
+    ///
+    /// # Examples
+    /// ```
+    /// let err = multiprocess::SharedMemory::open("no-such-block-here").unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    /// ```
+    #[doc(alias = "attach")]
+    pub fn open(name: &str) -> io::Result<SharedMemory> {
+        let name = check_name(name)?;
+        let fd = named_shm::open(name)?;
+        Ok(SharedMemory::from_parts(
+            Region::from_fd(fd)?,
+            Some(name.to_string()),
+            None,
+        ))
+    }
+
+    /// The block's name (`None` for an anonymous block).
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::SharedMemory::new(1)?.name(), None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn name(&self) -> Option<&str> {
+        self.block.name.as_deref()
+    }
+
+    /// The size in bytes (Python's `size`).
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::SharedMemory::new(10)?.len(), 10);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "size")]
+    pub fn len(&self) -> usize {
+        self.block.region.len()
+    }
+
+    /// Never true: a block has at least one byte.
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(!multiprocess::SharedMemory::new(1)?.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether this handle created the name (and so removes it when dropped).
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::create_unique(8)?;
+    /// assert!(block.is_creator());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_creator(&self) -> bool {
+        self.block.creator == Some(current_process_id())
+    }
+
+    /// Removes the name now (Python's `unlink()`): processes that have the block keep it;
+    /// nobody can open it by name any more. Any process may call it.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an anonymous block; `NotFound` when the name is already gone.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::create_unique(8)?;
+    /// block.unlink()?;
+    /// assert!(multiprocess::SharedMemory::open(block.name().unwrap()).is_err());
+    /// block.write(0, &[1])?; // still mapped
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unlink(&self) -> io::Result<()> {
+        let Some(name) = &self.block.name else {
+            return Err(invalid(
+                "an anonymous shared-memory block has no name to unlink",
+            ));
+        };
+        if self.is_creator() {
+            if self.block.unlinked.swap(true, Ordering::AcqRel) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("shared-memory block {name:?} was already unlinked"),
+                ));
+            }
+            let r = named_shm::unlink(name);
+            ledger_remove(name);
+            r
+        } else {
+            named_shm::unlink(name)
+        }
+    }
+
+    /// The first byte of the mapping. Accessing it is up to you: other processes may write
+    /// at any time, so use atomics or your own locking.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::new(8)?;
+    /// assert!(!block.as_ptr().is_null());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.block.region.as_ptr()
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> io::Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len() => Ok(()),
+            _ => Err(invalid(format!(
+                "bytes {offset}..{} are outside the block of {} bytes",
+                offset.saturating_add(len),
+                self.len()
+            ))),
+        }
+    }
+
+    /// Copies bytes from the block at `offset` into `buf` (each byte read atomically).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the range is outside the block.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::new(8)?;
+    /// let mut buf = [1u8; 4];
+    /// block.read(4, &mut buf)?;
+    /// assert_eq!(buf, [0; 4]);
+    /// assert!(block.read(6, &mut buf).is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(offset, buf.len())?;
+        let bytes = self.atomic_bytes();
+        for (b, a) in buf.iter_mut().zip(&bytes[offset..]) {
+            *b = a.load(Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into the block at `offset` (each byte written atomically).
+    ///
+    /// # Errors
+    /// `InvalidInput` when the range is outside the block.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::new(8)?;
+    /// block.write(0, b"abc")?;
+    /// assert!(block.write(7, b"abc").is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+        self.check_range(offset, data.len())?;
+        let bytes = self.atomic_bytes();
+        for (a, b) in bytes[offset..].iter().zip(data) {
+            a.store(*b, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The block as atomic bytes.
+    pub fn atomic_bytes(&self) -> &[AtomicU8] {
+        // SAFETY: the mapping is `len` bytes, lives as long as `self`, and `AtomicU8` has the
+        // size and alignment of `u8`; every access through the slice is atomic, which is sound
+        // whatever other processes do with the same memory.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.as_ptr() as *const AtomicU8, self.len())
+        }
+    }
+}
+
+impl Serialize for SharedMemory {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.block.name, &self.block.region).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedMemory {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (name, region) = <(Option<String>, Region)>::deserialize(d)?;
+        // The receiver attaches: it never owns the name.
+        Ok(SharedMemory::from_parts(region, name, None))
+    }
+}
+
+impl AsFd for SharedMemory {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.block.region.as_fd()
+    }
+}
+
+const LEDGER_PREFIX: &str = "multiprocess-ledger.";
+
+/// The names this process created and still owns, and the ledger that lists them.
+static LEDGER: Mutex<Option<(u32, String, Vec<String>)>> = Mutex::new(None);
+
+fn ledger_add(name: &str) -> io::Result<()> {
+    let mut g = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
+    let (pid, start) = current_process();
+    if g.as_ref().is_none_or(|(p, _, _)| *p != pid) {
+        // First use, or a forked child: its own ledger.
+        *g = Some((pid, format!("{LEDGER_PREFIX}{pid}.{start}"), Vec::new()));
+    }
+    let (_, file, names) = g.as_mut().expect("set above");
+    names.push(name.to_string());
+    let r = named_shm::write_text(file, &names.join("\n"));
+    if r.is_err() {
+        names.pop();
+    }
+    r
+}
+
+fn ledger_remove(name: &str) {
+    let mut g = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = current_process_id();
+    let Some((p, file, names)) = g.as_mut() else {
+        return;
+    };
+    if *p != pid {
+        return;
+    }
+    if let Some(i) = names.iter().position(|n| n == name) {
+        names.remove(i);
+    }
+    if names.is_empty() {
+        let _ = named_shm::unlink(file);
+    } else {
+        let _ = named_shm::write_text(file, &names.join("\n"));
+    }
+}
+
+/// Removes the named blocks of creators that died without removing them (killed, or ended
+/// by `_exit`), as recorded in their ledgers (see the [module notes](self)); returns how many
+/// names were removed. [`SharedMemory::create`] calls it first.
+///
+/// # Errors
+/// When `/dev/shm` cannot be listed.
+///
+/// # Examples
+/// ```
+/// let removed = multiprocess::shared_memory::remove_orphans()?;
+/// # let _ = removed;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn remove_orphans() -> io::Result<usize> {
+    let mut removed = 0;
+    for file in named_shm::names()? {
+        let Some(rest) = file.strip_prefix(LEDGER_PREFIX) else {
+            continue;
+        };
+        let Some((pid, start)) = rest
+            .split_once('.')
+            .and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        if thread_alive(pid, start) {
+            continue;
+        }
+        if let Ok(text) = named_shm::read_text(&file) {
+            for name in text.lines().filter(|l| !l.is_empty()) {
+                if named_shm::unlink(name).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        let _ = named_shm::unlink(&file);
+    }
+    Ok(removed)
+}
