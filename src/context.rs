@@ -342,10 +342,12 @@ fn launch_fork(
     // the allocation (and its copy-on-write page faults).
     let _ = std::io::stdout();
     // Hold every global lock of the crate across the fork, so that the child finds them
-    // consistent and resets them (lock order: SERVER, then the process registry).
+    // consistent and resets them (lock order: SERVER, the process registry, tracked descriptors, the
+    // named-shared-memory ledger).
     let mut server_slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut state = process::lock_state();
     let tracked = handle::lock_tracked();
+    let ledger = crate::shared_memory::lock_ledger_for_fork();
     // SAFETY: the child below runs only the target's entry and exits with `_exit`; it never
     // returns into the caller's frames. The crate's global state is reset in the child under
     // the locks held across the fork.
@@ -358,6 +360,7 @@ fn launch_fork(
         }
         process::reset_after_fork(&mut state);
     }
+    drop(ledger);
     drop(tracked);
     drop(state);
     drop(server_slot);

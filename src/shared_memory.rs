@@ -454,6 +454,12 @@ const LEDGER_PREFIX: &str = "multiprocess-ledger.";
 /// The names this process created and still owns, and the ledger that lists them.
 static LEDGER: Mutex<Option<(u32, String, Vec<String>)>> = Mutex::new(None);
 
+/// Held across `fork` by the Fork start method, so a forked child never finds it locked.
+pub(crate) fn lock_ledger_for_fork(
+) -> std::sync::MutexGuard<'static, Option<(u32, String, Vec<String>)>> {
+    LEDGER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn ledger_add(name: &str) -> io::Result<()> {
     let mut g = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
     let (pid, start) = current_process();
