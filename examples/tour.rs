@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use multiprocess::{Connection, Pipe, Process, Run, StartMethod};
+use multiprocess::{Barrier, Connection, Lock, Pipe, Process, Run, StartMethod, Value};
 use serde::{Deserialize, Serialize};
 
 /// A target: "the function itself", taking its arguments as one value.
@@ -58,6 +58,23 @@ fn pipe_child(conn: Connection) {
     .unwrap();
     let reading: Reading = conn.recv().unwrap();
     println!("    [child] received {reading:?}");
+}
+
+/// Adds to a shared balance under its lock (Python: `with v.get_lock(): v.value += 1`).
+fn deposit((balance, n): (Value<i64>, i64)) {
+    for _ in 0..n {
+        *balance.lock().unwrap() += 1;
+    }
+}
+
+/// Dies while holding the lock.
+fn die_holding(lock: Lock) {
+    let _guard = lock.lock();
+    std::process::abort();
+}
+
+fn meet(b: Barrier) -> u32 {
+    b.wait().unwrap()
 }
 
 fn section(title: &str) {
@@ -187,6 +204,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => println!("  after the child ended, recv() -> {e}"),
         Ok(v) => println!("  unexpected message {v:?}"),
     }
+
+    section("Beyond the seed: locks and shared values");
+    let balance = Value::new(0i64)?;
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(Process::new(deposit, (balance.clone(), 1000)));
+    }
+    for w in &mut workers {
+        w.start()?;
+    }
+    for w in &mut workers {
+        w.join()?;
+    }
+    println!(
+        "  4 processes x 1000 locked increments of one shared Value -> {}",
+        balance.get()
+    );
+    let lock = Lock::new()?;
+    let mut p = Process::new(die_holding, lock.clone());
+    p.start()?;
+    p.join()?;
+    println!(
+        "  a child took the lock and died (exitcode {:?})",
+        p.exitcode()
+    );
+    match lock.lock() {
+        Ok(_guard) => println!("  the lock was free"),
+        Err(died) => {
+            println!(
+                "  the next locker gets the lock and is told: previous holder {} died",
+                died.previous_owner()
+            );
+            let _guard = died.into_inner();
+        }
+    }
+    let barrier = Barrier::new(3)?;
+    let mut a = Process::new(meet, barrier.clone());
+    let mut b = Process::new(meet, barrier.clone());
+    a.start()?;
+    b.start()?;
+    let mut arrivals = [barrier.wait()?, a.join_result()?, b.join_result()?];
+    arrivals.sort();
+    println!("  three processes met at a Barrier; arrival indices {arrivals:?}");
 
     println!("\ntour complete");
     Ok(())
