@@ -83,6 +83,7 @@ pub mod connection;
 pub mod context;
 mod error;
 pub mod handle;
+pub mod pool;
 pub mod process;
 #[allow(dead_code)]
 mod region;
@@ -95,6 +96,7 @@ pub use context::{
     ContextError, StartMethod,
 };
 pub use error::ProcessError;
+pub use pool::{AsyncResult, Pool, PoolError};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
