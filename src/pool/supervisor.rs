@@ -457,6 +457,9 @@ impl Supervisor {
         }
         // Deaths and retirements change the worker list: handle them one at a time.
         while let Some(i) = self.workers.iter().position(|w| w.dead) {
+            if self.shared.lock().terminating {
+                return;
+            }
             self.handle_death(i);
         }
         if let Some(max) = self.config.maxtasks {
@@ -650,7 +653,7 @@ impl Supervisor {
         if let Some(c) = w.conn.take() {
             let _ = socket::shutdown(c.as_fd_borrow(), false);
         }
-        let _ = w.proc.kill_if_stuck();
+        self.join_ending(&mut w.proc);
         let code = w.proc.exitcode().unwrap_or(-9);
         let started = w.slot.atomic_u32(0).load(Ordering::Acquire);
         let unreported = started.wrapping_sub(w.reported) as usize;
@@ -712,6 +715,23 @@ impl Supervisor {
                     return;
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Joins a worker that is ending. One whose connection broke while it still runs (the
+    /// pool is terminating, or the worker broke the protocol) is killed after a while, or at
+    /// once when the pool terminates.
+    fn join_ending(&self, proc: &mut Process<()>) {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if matches!(proc.join_timeout(Duration::from_millis(50)), Ok(true) | Err(_)) {
+                return;
+            }
+            if self.shared.lock().terminating || std::time::Instant::now() >= until {
+                let _ = proc.kill();
+                let _ = proc.join();
+                return;
             }
         }
     }
@@ -800,18 +820,3 @@ impl Supervisor {
     }
 }
 
-trait KillIfStuck {
-    fn kill_if_stuck(&mut self) -> Result<(), crate::ProcessError>;
-}
-
-impl KillIfStuck for Process<()> {
-    /// Joins a worker that is ending; one whose connection broke while it still runs is
-    /// killed first.
-    fn kill_if_stuck(&mut self) -> Result<(), crate::ProcessError> {
-        if !self.join_timeout(Duration::from_secs(5))? {
-            self.kill()?;
-            self.join()?;
-        }
-        Ok(())
-    }
-}
