@@ -42,6 +42,16 @@
 //! *handle*: pass it as a target's argument or send it through another connection, and it
 //! works on the other side. See [`handle`] for how descriptors travel.
 //!
+//! ## Pool
+//! [`Pool::new`]`(n)` or [`Pool::builder`] (processes, initializer, `maxtasksperchild`, start
+//! method); [`apply`](Pool::apply), [`map`](Pool::map) (values in input order),
+//! [`apply_async`](Pool::apply_async) and [`map_async`](Pool::map_async) (an [`AsyncResult`]
+//! with `get`, `wait`, `ready`, and a progress count), [`imap`](Pool::imap) (lazy),
+//! [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap); `close`,
+//! `terminate`, `join`. A task's panic, or the death of its worker, is that task's
+//! [`PoolError`]; the pool replaces the worker and goes on. Handles (a `Connection`) can be
+//! task arguments.
+//!
 //! ## Start methods
 //! [`StartMethod::Fork`], [`StartMethod::Spawn`], [`StartMethod::ForkServer`], chosen per
 //! process ([`Builder::start_method`]), per [`Context`] ([`get_context`]) or for the program
@@ -58,6 +68,7 @@
 //! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
 //! | a process that dies with its parent | [`Builder::daemon`] |
 //! | pass an open file or socket to a child | [`handle::SharedFd`] |
+//! | run many tasks on a few processes | [`Pool`] |
 //!
 //! ## From Python
 //! | Python | multiprocess |
@@ -71,6 +82,9 @@
 //! | `c.send(x)`, `c.recv()`, `c.poll(t)` | `send(&x)`, `recv::<T>()`, `poll(t)` |
 //! | `c.send_bytes(b)`, `c.recv_bytes()`, `c.recv_bytes_into(buf)` | the same names |
 //! | `multiprocessing.connection.wait(objs, t)` | [`connection::wait`] |
+//! | `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new`], [`Pool::builder`] |
+//! | `pool.apply`, `apply_async`, `map`, `map_async`, `imap`, `imap_unordered`, `starmap`, `starmap_async` | the same names (`chunksize`: the `_chunked` forms) |
+//! | `AsyncResult.get(t)`, `wait(t)`, `ready()`, `successful()` | [`AsyncResult`]: `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
 //! | `EOFError` | [`ConnectionError::Eof`] |
 //! | `get_context("spawn")`, `set_start_method("fork")` | `get_context(StartMethod::Spawn)`, `set_start_method(StartMethod::Fork)` |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |

@@ -267,7 +267,11 @@ fn maxtasksperchild_replaces_workers_and_loses_nothing() {
             let mut distinct = pids.clone();
             distinct.sort_unstable();
             distinct.dedup();
-            assert!(distinct.len() >= 10, "{m}: {} distinct pids", distinct.len());
+            assert!(
+                distinct.len() >= 10,
+                "{m}: {} distinct pids",
+                distinct.len()
+            );
             for d in &distinct {
                 assert!(pids.iter().filter(|p| *p == d).count() <= 2, "{m}");
             }
@@ -294,7 +298,11 @@ fn terminate_during_a_long_map_is_prompt_and_leaves_nothing() {
             let mut r = p.map_async_chunked(sleep_ms, vec![30_000u64; 8], 1);
             let t = Instant::now();
             p.terminate();
-            assert!(t.elapsed() < Duration::from_secs(5), "{m}: {:?}", t.elapsed());
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "{m}: {:?}",
+                t.elapsed()
+            );
             let e = r.get().unwrap_err();
             assert!(e.is_terminated(), "{m}: {e}");
             for pid in &pids {

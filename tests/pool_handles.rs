@@ -62,7 +62,10 @@ fn connections_in_the_items_of_a_map() {
                 })
                 .collect();
             drop(tx);
-            assert_eq!(p.map_chunked(tag, items, 7).unwrap(), (0..40).collect::<Vec<_>>());
+            assert_eq!(
+                p.map_chunked(tag, items, 7).unwrap(),
+                (0..40).collect::<Vec<_>>()
+            );
             let mut got: Vec<u32> = (0..40).map(|_| rx.recv().unwrap()).collect();
             got.sort_unstable();
             assert_eq!(got, (0..40).collect::<Vec<_>>(), "{m}");

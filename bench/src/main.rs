@@ -19,6 +19,7 @@ mod stats;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
+mod w5_pool;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,7 +28,14 @@ use std::process::ExitCode;
 pub(crate) const RAW_EXEC_CHILD: &str = "--raw-exec-child";
 
 /// Every workload, in the order they run when none is named.
-const WORKLOADS: &[Workload] = &[w1_spawn::WORKLOAD, w2_pingpong::WORKLOAD, w3_bulk::WORKLOAD];
+const WORKLOADS: &[Workload] = &[
+    w1_spawn::WORKLOAD,
+    w2_pingpong::WORKLOAD,
+    w3_bulk::WORKLOAD,
+    w5_pool::W5,
+    w5_pool::W5B,
+    w5_pool::W6,
+];
 
 /// Error type of the harness: any error, with its message.
 pub(crate) type Error = Box<dyn std::error::Error>;
@@ -66,6 +74,10 @@ pub(crate) enum Metric {
     MedianUs,
     /// Throughput in GB/s, GB = 10^9 bytes (higher is better).
     GbPerS,
+    /// Wall time of one run in seconds (lower is better).
+    Seconds,
+    /// Tasks completed per second (higher is better).
+    TasksPerS,
 }
 
 impl Metric {
@@ -73,6 +85,8 @@ impl Metric {
         match self {
             Metric::MedianUs => "median_us",
             Metric::GbPerS => "gb_per_s",
+            Metric::Seconds => "seconds",
+            Metric::TasksPerS => "tasks_per_s",
         }
     }
 
@@ -80,6 +94,8 @@ impl Metric {
         match self {
             Metric::MedianUs => "us",
             Metric::GbPerS => "GB/s",
+            Metric::Seconds => "s",
+            Metric::TasksPerS => "tasks/s",
         }
     }
 }
@@ -180,6 +196,8 @@ fn main() -> ExitCode {
     }
     // Spawn/forkserver children re-execute this binary; init() diverts them.
     multiprocess::init();
+    // procspawn (a W5b/W6 peer) re-executes this binary for its workers too.
+    procspawn::init();
 
     let args = match parse_args() {
         Ok(Some(args)) => args,

@@ -60,7 +60,7 @@ pub use error::PoolError;
 pub use result::AsyncResult;
 
 use error::Kind;
-use result::{MapShared, Sink, StreamShared};
+use result::{MapShared, OnError, OnSuccess, Sink, StreamShared};
 use supervisor::{Config, InitSpec, KeepAlive, Shared, Unit, UnitKind};
 
 use crate::context::StartMethod;
@@ -391,8 +391,8 @@ impl Pool {
         &self,
         f: F,
         arg: A,
-        on_success: Option<Box<dyn FnOnce(&[R]) + Send>>,
-        on_error: Option<Box<dyn FnOnce(&PoolError) + Send>>,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
     ) -> AsyncResult<R>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
@@ -525,8 +525,8 @@ impl Pool {
         f: F,
         iterable: I,
         chunksize: Option<usize>,
-        on_success: Option<Box<dyn FnOnce(&[R]) + Send>>,
-        on_error: Option<Box<dyn FnOnce(&PoolError) + Send>>,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
     ) -> AsyncResult<Vec<R>>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,

@@ -62,8 +62,10 @@ fn decode_chunk<R: DeserializeOwned>(
     }
 }
 
-type OnSuccess<R> = Box<dyn FnOnce(&[R]) + Send>;
-type OnError = Box<dyn FnOnce(&PoolError) + Send>;
+/// A success callback of a map (an `apply_async` one is wrapped to take the one value).
+pub(crate) type OnSuccess<R> = Box<dyn FnOnce(&[R]) + Send>;
+/// An error callback.
+pub(crate) type OnError = Box<dyn FnOnce(&PoolError) + Send>;
 
 /// Runs a user callback; a panic in it is reported on stderr and goes no further.
 fn run_callback(f: impl FnOnce()) {

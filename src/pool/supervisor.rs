@@ -725,7 +725,10 @@ impl Supervisor {
     fn join_ending(&self, proc: &mut Process<()>) {
         let until = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if matches!(proc.join_timeout(Duration::from_millis(50)), Ok(true) | Err(_)) {
+            if matches!(
+                proc.join_timeout(Duration::from_millis(50)),
+                Ok(true) | Err(_)
+            ) {
                 return;
             }
             if self.shared.lock().terminating || std::time::Instant::now() >= until {
@@ -819,4 +822,3 @@ impl Supervisor {
         self.shared.cv.notify_all();
     }
 }
-

@@ -55,12 +55,15 @@ pub(crate) struct ResultHeader {
     pub(crate) nfds: u32,
 }
 
+/// One unit of a frame: its header, its bytes, its descriptors.
+pub(crate) type Part<'a, H> = (H, &'a [u8], Vec<OwnedFd>);
+
 /// Splits a frame into `(header, bytes, descriptors)` parts.
 pub(crate) fn split_frame<'a, H: for<'de> Deserialize<'de>>(
     mut bytes: &'a [u8],
     fds: Vec<OwnedFd>,
     nfds_len: impl Fn(&H) -> (u64, u32),
-) -> Result<Vec<(H, &'a [u8], Vec<OwnedFd>)>, String> {
+) -> Result<Vec<Part<'a, H>>, String> {
     let mut fds = fds.into_iter();
     let mut out = Vec::new();
     while !bytes.is_empty() {
