@@ -328,6 +328,21 @@ impl Connection {
         self.send_parts(&[&h, payload], fds)
     }
 
+    /// Sends one message whose payload is the concatenation of `parts` (no copy into one
+    /// buffer), with its descriptors.
+    pub(crate) fn send_encoded_parts(
+        &self,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<(), ConnectionError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let h = header(fds.len(), len as u64);
+        let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+        all.push(&h);
+        all.extend_from_slice(parts);
+        self.send_parts(&all, fds)
+    }
+
     /// Sends raw bytes as one message (Python's `send_bytes`).
     ///
     /// # Errors

@@ -42,6 +42,16 @@
 //! *handle*: pass it as a target's argument or send it through another connection, and it
 //! works on the other side. See [`handle`] for how descriptors travel.
 //!
+//! ## Pool
+//! [`Pool::new`]`(n)` or [`Pool::builder`] (processes, initializer, `maxtasksperchild`, start
+//! method); [`apply`](Pool::apply), [`map`](Pool::map) (values in input order),
+//! [`apply_async`](Pool::apply_async) and [`map_async`](Pool::map_async) (an [`AsyncResult`]
+//! with `get`, `wait`, `ready`, and a progress count), [`imap`](Pool::imap) (lazy),
+//! [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap); `close`,
+//! `terminate`, `join`. A task's panic, or the death of its worker, is that task's
+//! [`PoolError`]; the pool replaces the worker and goes on. Handles (a `Connection`) can be
+//! task arguments.
+//!
 //! ## Start methods
 //! [`StartMethod::Fork`], [`StartMethod::Spawn`], [`StartMethod::ForkServer`], chosen per
 //! process ([`Builder::start_method`]), per [`Context`] ([`get_context`]) or for the program
@@ -72,6 +82,7 @@
 //! | a number or struct every process updates | [`Value`] (lock-free: [`AtomicValue`]) |
 //! | a shared buffer | [`Array`], [`RawArray`], [`SharedMemory`] |
 //! | memory that unrelated processes find by name | [`SharedMemory::create`] / [`SharedMemory::open`] |
+//! | run many tasks on a few processes | [`Pool`] |
 //!
 //! ## From Python
 //! | Python | multiprocess |
@@ -85,6 +96,9 @@
 //! | `c.send(x)`, `c.recv()`, `c.poll(t)` | `send(&x)`, `recv::<T>()`, `poll(t)` |
 //! | `c.send_bytes(b)`, `c.recv_bytes()`, `c.recv_bytes_into(buf)` | the same names |
 //! | `multiprocessing.connection.wait(objs, t)` | [`connection::wait`] |
+//! | `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new`], [`Pool::builder`] |
+//! | `pool.apply`, `apply_async`, `map`, `map_async`, `imap`, `imap_unordered`, `starmap`, `starmap_async` | the same names (`chunksize`: the `_chunked` forms) |
+//! | `AsyncResult.get(t)`, `wait(t)`, `ready()`, `successful()` | [`AsyncResult`]: `get`, `get_timeout`, `wait`, `wait_timeout`, `ready`, `successful` |
 //! | `EOFError` | [`ConnectionError::Eof`] |
 //! | `Lock()`, `with lock:`, `lock.acquire(timeout=t)` | `Lock::new()?`, `let _g = lock.lock()`, `lock_timeout(t)` |
 //! | `RLock()`, `Semaphore(n)`, `BoundedSemaphore(n)` | `RLock::new()`, `Semaphore::new(n)`, `BoundedSemaphore::new(n)` |
@@ -105,6 +119,7 @@ pub mod connection;
 pub mod context;
 mod error;
 pub mod handle;
+pub mod pool;
 pub mod process;
 #[allow(dead_code)]
 mod region;
@@ -119,6 +134,7 @@ pub use context::{
     ContextError, StartMethod,
 };
 pub use error::ProcessError;
+pub use pool::{AsyncResult, Pool, PoolError};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,

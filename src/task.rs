@@ -194,3 +194,127 @@ pub trait Run: Serialize + DeserializeOwned + 'static {
 pub(crate) fn run_target<T: Run>(value: T) -> T::Output {
     value.run()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pool tasks
+
+/// What a pool worker sends back for one unit of work (one task, or one chunk of a map): the
+/// encoded [`UnitOut`] and the descriptors of the handles inside the results.
+#[derive(Debug)]
+pub(crate) struct UnitOutput {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The results of one unit, as the worker encodes them for `R`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum UnitOut<R> {
+    /// Every item returned: the values, in order (the fast path).
+    All(Vec<R>),
+    /// Some item panicked: per item, the value or the panic message.
+    Mixed(Vec<Result<R, String>>),
+    /// The unit could not run at all (its argument did not decode, say).
+    Failed(String),
+}
+
+/// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`),
+/// runs the target on each inside `catch_unwind`, and encodes the results as a [`UnitOut`].
+pub(crate) type PoolEntry = fn(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput;
+
+/// The offset of the pool entry of target type `F` from the anchor.
+pub(crate) fn pool_entry_offset<F, A, R>() -> i64
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    #[allow(clippy::let_unit_value)]
+    let () = AssertTarget::<F>::ZERO_SIZED;
+    let entry: PoolEntry = pool_entry::<F, A, R>;
+    (entry as usize as i64).wrapping_sub(anchor_addr())
+}
+
+/// The pool entry at `offset` from the anchor.
+///
+/// # Safety
+/// `offset` must come from [`pool_entry_offset`] in a process running this same executable
+/// (a pool worker is started from its pool's executable, under any start method).
+pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
+    let addr = anchor_addr().wrapping_add(offset) as usize;
+    // SAFETY: by the caller's guarantee, `addr` is the address of a `PoolEntry` in this image.
+    unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
+}
+
+fn pool_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let items: Vec<A> = match handle::decode(args, fds) {
+        Ok(a) => a,
+        Err(e) => {
+            return encode_unit::<R>(&UnitOut::Failed(format!(
+                "cannot decode the task's argument: {e}"
+            )))
+        }
+    };
+    // SAFETY: as in `entry`: `F` is zero-sized (asserted in `pool_entry_offset`, the only way
+    // this function is named), inhabited, `Copy`, and has no validity requirements.
+    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    let mut values = Vec::with_capacity(items.len());
+    let mut failed = false;
+    for item in items {
+        match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            Ok(v) => values.push(Ok(v)),
+            Err(payload) => {
+                failed = true;
+                values.push(Err(panic_message(&*payload)));
+            }
+        }
+    }
+    if failed {
+        encode_unit(&UnitOut::Mixed(values))
+    } else {
+        let all: Vec<R> = values.into_iter().flatten().collect();
+        encode_unit(&UnitOut::All(all))
+    }
+}
+
+fn encode_unit<R: Serialize>(out: &UnitOut<R>) -> UnitOutput {
+    match handle::encode(out) {
+        Ok(enc) => {
+            // The values are dropped after this call: keep their descriptors open by duplicates.
+            let mut fds = Vec::with_capacity(enc.fds.len());
+            // SAFETY: `out` is borrowed for this whole call, so its descriptors are open.
+            for fd in unsafe { enc.borrowed_fds() } {
+                match fd.try_clone_to_owned() {
+                    Ok(dup) => fds.push(dup),
+                    Err(e) => {
+                        return encode_unit::<R>(&UnitOut::Failed(format!(
+                            "cannot pass a handle in the result: {e}"
+                        )))
+                    }
+                }
+            }
+            UnitOutput {
+                bytes: enc.bytes,
+                fds,
+            }
+        }
+        Err(e) => {
+            let failed: UnitOut<R> =
+                UnitOut::Failed(format!("cannot serialize the task's return value: {e}"));
+            match handle::encode(&failed) {
+                Ok(enc) => UnitOutput {
+                    bytes: enc.bytes,
+                    fds: Vec::new(),
+                },
+                Err(_) => UnitOutput {
+                    bytes: Vec::new(),
+                    fds: Vec::new(),
+                },
+            }
+        }
+    }
+}

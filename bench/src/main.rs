@@ -19,6 +19,7 @@ mod stats;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
+mod w5_pool;
 mod w7_sync;
 
 use std::io::Write;
@@ -32,6 +33,9 @@ const WORKLOADS: &[Workload] = &[
     w1_spawn::WORKLOAD,
     w2_pingpong::WORKLOAD,
     w3_bulk::WORKLOAD,
+    w5_pool::W5,
+    w5_pool::W5B,
+    w5_pool::W6,
     w7_sync::W7A,
     w7_sync::W7B,
     w7_sync::W7C,
@@ -78,6 +82,8 @@ pub(crate) enum Metric {
     NsPerOp,
     /// Wall time of the whole run in seconds (lower is better).
     Seconds,
+    /// Tasks completed per second (higher is better).
+    TasksPerS,
 }
 
 impl Metric {
@@ -87,6 +93,7 @@ impl Metric {
             Metric::GbPerS => "gb_per_s",
             Metric::NsPerOp => "ns_per_op",
             Metric::Seconds => "seconds",
+            Metric::TasksPerS => "tasks_per_s",
         }
     }
 
@@ -96,6 +103,7 @@ impl Metric {
             Metric::GbPerS => "GB/s",
             Metric::NsPerOp => "ns",
             Metric::Seconds => "s",
+            Metric::TasksPerS => "tasks/s",
         }
     }
 }
@@ -196,6 +204,8 @@ fn main() -> ExitCode {
     }
     // Spawn/forkserver children re-execute this binary; init() diverts them.
     multiprocess::init();
+    // procspawn (a W5b/W6 peer) re-executes this binary for its workers too.
+    procspawn::init();
 
     let args = match parse_args() {
         Ok(Some(args)) => args,

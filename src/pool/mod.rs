@@ -1,0 +1,891 @@
+//! `Pool`: a fixed number of worker processes that run tasks, as Python's
+//! `multiprocessing.Pool`, and that never hangs.
+//!
+//! A task is "the function itself" plus its argument, as for [`Process`](crate::Process): a
+//! function item or a closure that captures nothing, `Fn(A) -> R` with serde `A` and `R`;
+//! its return value comes back as the result. Handles ([`Connection`](crate::Connection),
+//! queues, shared memory) may be inside the argument and work in the worker: the seed's
+//! "pool processes cannot use a Queue" does not hold here.
+//!
+//! | Python | multiprocess |
+//! |---|---|
+//! | `Pool(n)`, `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new`], [`Pool::builder`] |
+//! | `pool.apply(f, (x,))` | [`pool.apply(f, x)`](Pool::apply) |
+//! | `pool.apply_async(f, (x,), callback, error_callback)` | [`apply_async`](Pool::apply_async), [`apply_async_with`](Pool::apply_async_with) |
+//! | `pool.map(f, xs, chunksize)` | [`map`](Pool::map), [`map_chunked`](Pool::map_chunked) |
+//! | `pool.map_async(f, xs, chunksize, callback, error_callback)` | [`map_async`](Pool::map_async), [`map_async_chunked`](Pool::map_async_chunked), [`map_async_with`](Pool::map_async_with) |
+//! | `pool.imap(f, xs, chunksize)`, `imap_unordered` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) (+ `_chunked`) |
+//! | `pool.starmap(f, [(a, b), ...])`, `starmap_async` | [`starmap`](Pool::starmap), [`starmap_async`](Pool::starmap_async) |
+//! | `res.get()`, `res.get(t)`, `res.wait(t)`, `res.ready()`, `res.successful()` | [`AsyncResult`] |
+//! | `pool.close()`, `pool.terminate()`, `pool.join()`, `with Pool() as p:` | the same; dropping a pool is close + join |
+//!
+//! # Never hangs, never loses a result
+//! - A panic in a task is that task's error ([`PoolError::is_panic`], with the message); the
+//!   worker goes on.
+//! - A worker that dies (a signal, `abort`, `exit` inside the task, the OOM killer) fails the
+//!   task it was running with [`PoolError::is_worker_lost`], naming its pid and signal or exit
+//!   code; a replacement is started and the pool goes on. (Python's pool hangs here.)
+//! - A failing initializer fails the pool: [`Builder::build`] returns the error, or, for a
+//!   replacement worker, every pending task fails with it. Nothing is respawned in a loop.
+//! - `map` returns the error of the first failing item by input order, and
+//!   [`PoolError::item`] says which item it was.
+//!
+//! # How it works
+//! Each worker is a [`Process`](crate::Process) (any start method) connected to the pool by
+//! its own [`Pipe`](crate::Pipe). One thread per pool, the *result handler*, hands units of
+//! work (a task, or a chunk of a map) to the workers in batches, reads their reports, runs the
+//! callbacks, and replaces the workers that die. Targets travel as an offset from an anchor
+//! function (as for `Process`), arguments as serde bytes with their descriptors attached.
+//!
+//! # Warning
+//! Tasks queued behind another in a batch wait for it: when many tasks are queued, a worker
+//! takes several at once (see [`Pool::apply_async`]). When a worker dies, the tasks of its
+//! batch that had not started, and those that had finished but whose results had not been
+//! sent yet, are run again on another worker; only the task that was running fails.
+
+mod error;
+mod result;
+mod supervisor;
+mod worker;
+
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use error::PoolError;
+pub use result::AsyncResult;
+
+use error::Kind;
+use result::{MapShared, OnError, OnSuccess, Sink, StreamShared};
+use supervisor::{Config, InitSpec, KeepAlive, Shared, Unit, UnitKind};
+
+use crate::context::StartMethod;
+use crate::handle;
+use crate::task;
+
+/// A pool of worker processes (Python's `multiprocessing.Pool`).
+///
+/// # Examples
+/// ```
+/// use multiprocess::Pool;
+///
+/// fn square(x: u64) -> u64 {
+///     x * x
+/// }
+///
+/// let pool = Pool::new(4)?;
+/// assert_eq!(pool.apply(square, 7)?, 49);
+/// assert_eq!(pool.map(square, 1..=5)?, [1, 4, 9, 16, 25]);
+/// let mut pending = pool.apply_async(square, 12);
+/// assert_eq!(pending.get()?, 144);
+/// # Ok::<(), multiprocess::PoolError>(())
+/// ```
+///
+/// # Warning
+/// Dropping a pool finishes the work submitted to it (close + join), as `with Pool() as p:`
+/// would not in Python (it terminates). Call [`terminate`](Self::terminate) to stop at once.
+pub struct Pool {
+    shared: Arc<Shared>,
+    handler: Mutex<Option<JoinHandle<()>>>,
+    processes: usize,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes)
+            .field("pids", &self.pids())
+            .finish()
+    }
+}
+
+/// Builds a [`Pool`]: number of processes, initializer, `maxtasksperchild`, start method
+/// (Python's `Pool` arguments).
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Pool, StartMethod};
+///
+/// fn setup(level: u32) {
+///     std::env::set_var("LEVEL", level.to_string());
+/// }
+/// fn level(_: ()) -> String {
+///     std::env::var("LEVEL").unwrap_or_default()
+/// }
+///
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(setup, 3)
+///     .maxtasksperchild(100)
+///     .start_method(StartMethod::ForkServer)
+///     .build()?;
+/// assert_eq!(pool.apply(level, ())?, "3");
+/// # Ok::<(), multiprocess::PoolError>(())
+/// ```
+#[must_use]
+pub struct Builder {
+    processes: Option<usize>,
+    method: Option<StartMethod>,
+    maxtasks: Option<u64>,
+    init: Option<Result<InitSpec, PoolError>>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("processes", &self.processes)
+            .field("method", &self.method)
+            .field("maxtasks", &self.maxtasks)
+            .field("initializer", &self.init.is_some())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// The number of worker processes (default: [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.processes = Some(n);
+        self
+    }
+
+    /// The start method of the workers (default: [`get_start_method`](crate::get_start_method)).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.method = Some(method);
+        self
+    }
+
+    /// Each worker runs at most `n` units of work (tasks, or chunks of a map), then is
+    /// replaced by a fresh process (Python's `maxtasksperchild`).
+    pub fn maxtasksperchild(mut self, n: u64) -> Self {
+        self.maxtasks = Some(n);
+        self
+    }
+
+    /// Every worker runs `f(arg)` when it starts, before any task (Python's `initializer`,
+    /// `initargs`). The argument may hold handles. If it fails (panics, or kills its worker),
+    /// the pool is broken: [`build`](Self::build) returns the error, and a replacement worker
+    /// whose initializer fails fails every pending task with it; none is started again.
+    pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let entry = task::pool_entry_offset::<F, A, ()>();
+        let spec = match handle::encode(std::slice::from_ref(&arg)) {
+            Ok(enc) => Ok(InitSpec {
+                entry,
+                payload: enc.bytes,
+                fds: enc.fds,
+                keep: Arc::new(Mutex::new(arg)),
+            }),
+            Err(e) => Err(PoolError::new(Kind::Encode(e.0))),
+        };
+        self.init = Some(spec);
+        self
+    }
+
+    /// Starts the workers and waits until each has run the initializer.
+    ///
+    /// # Errors
+    /// Zero processes ([`PoolError::is_misuse`]); a worker could not be started; the
+    /// initializer failed ([`PoolError::is_initializer_failure`]): then every worker started
+    /// has been stopped, and no more than `processes` were started.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        if processes == 0 {
+            return Err(PoolError::new(Kind::Invalid(
+                "a pool needs at least one process".into(),
+            )));
+        }
+        let init = self.init.transpose()?;
+        let (shared, wake_rx) =
+            Shared::new().map_err(|e| PoolError::new(Kind::Start(e.to_string())))?;
+        let config = Config {
+            processes,
+            method: self.method,
+            maxtasks: self.maxtasks,
+            init,
+        };
+        let for_handler = Arc::clone(&shared);
+        let handler = std::thread::Builder::new()
+            .name("multiprocess-pool".into())
+            .spawn(move || supervisor::run(for_handler, config, wake_rx))
+            .map_err(|e| PoolError::new(Kind::Start(e.to_string())))?;
+        let broken = {
+            let mut st = shared.lock();
+            while !st.ready && st.broken.is_none() && !st.finished {
+                st = shared.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            st.broken.clone()
+        };
+        let pool = Pool {
+            shared,
+            handler: Mutex::new(Some(handler)),
+            processes,
+        };
+        match broken {
+            Some(e) => {
+                pool.terminate();
+                Err(e)
+            }
+            None => Ok(pool),
+        }
+    }
+}
+
+/// CPython's default chunksize for `map`: `divmod(len, 4 * processes)`, rounded up.
+fn default_chunksize(len: usize, processes: usize) -> usize {
+    let (q, r) = (len / (4 * processes), len % (4 * processes));
+    (q + usize::from(r > 0)).max(1)
+}
+
+impl Pool {
+    /// A pool of `processes` workers with the default start method.
+    ///
+    /// # Errors
+    /// As [`Builder::build`].
+    pub fn new(processes: usize) -> Result<Pool, PoolError> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A [`Builder`] for a pool.
+    pub fn builder() -> Builder {
+        Builder {
+            processes: None,
+            method: None,
+            maxtasks: None,
+            init: None,
+        }
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.processes
+    }
+
+    /// The pids of the workers running now (they change as workers die or retire).
+    pub fn pids(&self) -> Vec<i32> {
+        self.shared.lock().pids.clone()
+    }
+
+    /// The number of worker processes started so far, replacements included.
+    pub fn started_processes(&self) -> usize {
+        self.shared.lock().started
+    }
+
+    fn unit<A: Serialize + Send + 'static>(
+        &self,
+        entry: i64,
+        items: Vec<A>,
+        start: usize,
+        sink: Arc<dyn Sink>,
+    ) -> Unit {
+        let count = items.len();
+        let (payload, fds) = match handle::encode(&items[..]) {
+            Ok(enc) => (enc.bytes, enc.fds),
+            Err(e) => {
+                sink.fail(start, count, PoolError::new(Kind::Encode(e.0)));
+                (Vec::new(), Vec::new())
+            }
+        };
+        let keep: Option<Arc<dyn KeepAlive>> = if fds.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Mutex::new(items)))
+        };
+        Unit {
+            id: self.shared.next_id(),
+            entry,
+            payload,
+            fds,
+            keep,
+            kind: UnitKind::Task(sink),
+            start,
+            count,
+        }
+    }
+
+    /// Runs `f(arg)` in a worker and waits for its value (Python's `apply`).
+    ///
+    /// # Errors
+    /// The task's error: [`PoolError::is_panic`], [`PoolError::is_worker_lost`], a closed
+    /// pool ([`PoolError::is_closed`]), an argument that does not serialize.
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Result<R, PoolError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async(f, arg).get()
+    }
+
+    /// Submits `f(arg)` and returns at once (Python's `apply_async`); the value comes from
+    /// [`AsyncResult::get`]. Errors (including a closed pool) come from `get` too.
+    ///
+    /// Submitting many tasks at once is cheap: the pool sends them to the workers in batches.
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> AsyncResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(f, arg, None, None)
+    }
+
+    /// As [`apply_async`](Self::apply_async), with Python's `callback` and `error_callback`:
+    /// one of them runs with the value or the error when the task ends, before
+    /// [`AsyncResult::get`] returns. They run on the pool's result handler thread (keep them
+    /// short: results wait meanwhile); a panic in one is caught and reported on stderr, and
+    /// harms nothing else.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::Pool;
+    /// use std::sync::mpsc;
+    ///
+    /// fn double(x: i32) -> i32 { x * 2 }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let (tx, rx) = mpsc::channel();
+    /// let tx2 = tx.clone();
+    /// let mut r = pool.apply_async_with(
+    ///     double,
+    ///     21,
+    ///     move |v: &i32| tx.send(Ok(*v)).unwrap(),
+    ///     move |e: &multiprocess::PoolError| tx2.send(Err(e.to_string())).unwrap(),
+    /// );
+    /// assert_eq!(r.get()?, 42);
+    /// assert_eq!(rx.recv().unwrap(), Ok(42));
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    pub fn apply_async_with<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        callback: impl FnOnce(&R) + Send + 'static,
+        error_callback: impl FnOnce(&PoolError) + Send + 'static,
+    ) -> AsyncResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply_async_inner(
+            f,
+            arg,
+            Some(Box::new(move |v: &[R]| {
+                if let Some(v) = v.first() {
+                    callback(v)
+                }
+            })),
+            Some(Box::new(error_callback)),
+        )
+    }
+
+    fn apply_async_inner<F, A, R>(
+        &self,
+        f: F,
+        arg: A,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
+    ) -> AsyncResult<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let entry = task::pool_entry_offset::<F, A, R>();
+        let shared = MapShared::<R>::new(1, on_success, on_error);
+        let unit = self.unit(entry, vec![arg], 0, Arc::clone(&shared) as Arc<dyn Sink>);
+        if !unit.payload.is_empty() {
+            self.shared.submit(unit, false);
+        }
+        AsyncResult::for_one(shared)
+    }
+
+    /// Runs `f` on every item, in parallel, and returns the values in input order (Python's
+    /// `map`). The input is split into chunks as CPython does (`len / (4 * processes)`,
+    /// rounded up); each chunk goes to a worker as one unit.
+    ///
+    /// # Errors
+    /// The error of the first failing item by input order ([`PoolError::item`] says which).
+    pub fn map<F, A, R, I>(&self, f: F, iterable: I) -> Result<Vec<R>, PoolError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_with_inner(f, iterable, None, None, None)
+            .get()
+    }
+
+    /// As [`map`](Self::map) with chunks of `chunksize` items (Python's `chunksize`).
+    ///
+    /// # Errors
+    /// As [`map`](Self::map); a chunksize of 0 ([`PoolError::is_misuse`]).
+    pub fn map_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_with_inner(f, iterable, Some(chunksize), None, None)
+            .get()
+    }
+
+    /// As [`map`](Self::map) without waiting (Python's `map_async`): the input is read and
+    /// submitted now, the values come from [`AsyncResult::get`], and
+    /// [`AsyncResult::completed`] counts the items done (a progress bar).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::Pool;
+    /// use std::time::Duration;
+    ///
+    /// fn slow_square(x: u64) -> u64 {
+    ///     std::thread::sleep(Duration::from_millis(1));
+    ///     x * x
+    /// }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let mut result = pool.map_async(slow_square, 0..200);
+    /// while !result.wait_timeout(Duration::from_millis(20)) {
+    ///     println!("{}/{} done", result.completed(), result.total());
+    /// }
+    /// assert_eq!(result.get()?.len(), 200);
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    pub fn map_async<F, A, R, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_with_inner(f, iterable, None, None, None)
+    }
+
+    /// As [`map_async`](Self::map_async) with chunks of `chunksize` items.
+    pub fn map_async_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_with_inner(f, iterable, Some(chunksize), None, None)
+    }
+
+    /// As [`map_async`](Self::map_async) with an optional chunksize and Python's `callback`
+    /// (given all the values) and `error_callback` (given the first error by input order);
+    /// they run as for [`apply_async_with`](Self::apply_async_with).
+    pub fn map_async_with<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: Option<usize>,
+        callback: impl FnOnce(&[R]) + Send + 'static,
+        error_callback: impl FnOnce(&PoolError) + Send + 'static,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_with_inner(
+            f,
+            iterable,
+            chunksize,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
+    }
+
+    fn map_async_with_inner<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: Option<usize>,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = f;
+        let entry = task::pool_entry_offset::<F, A, R>();
+        if chunksize == Some(0) {
+            return AsyncResult::for_map(MapShared::failed(0, chunksize_error()));
+        }
+        let items: Vec<A> = iterable.into_iter().collect();
+        let total = items.len();
+        let chunksize = chunksize.unwrap_or_else(|| default_chunksize(total, self.processes));
+        let shared = MapShared::<R>::new(total, on_success, on_error);
+        let sink: Arc<dyn Sink> = Arc::clone(&shared) as Arc<dyn Sink>;
+        let mut items = items.into_iter();
+        let mut start = 0;
+        while start < total {
+            let chunk: Vec<A> = items.by_ref().take(chunksize).collect();
+            let n = chunk.len();
+            let unit = self.unit(entry, chunk, start, Arc::clone(&sink));
+            if !unit.payload.is_empty() {
+                self.shared.submit(unit, false);
+            }
+            start += n;
+        }
+        AsyncResult::for_map(shared)
+    }
+
+    /// Runs `f` on every item lazily, yielding the values in input order as they come
+    /// (Python's `imap`, chunksize 1). Unlike Python's, it reads its input only as far as it
+    /// needs to keep the workers busy (a window of `16 * processes` chunks ahead of the
+    /// consumer), so an endless or huge input is fine.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::Pool;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// let firsts: Vec<u64> = pool
+    ///     .imap(square, 0..) // an endless input
+    ///     .take(5)
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(firsts, [0, 1, 4, 9, 16]);
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    pub fn imap<F, A, R, I>(&self, f: F, iterable: I) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        IMap::new(self, f, iterable.into_iter(), 1, true)
+    }
+
+    /// As [`imap`](Self::imap) with chunks of `chunksize` items; a chunksize of 0 yields one
+    /// error ([`PoolError::is_misuse`]).
+    pub fn imap_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        IMap::new(self, f, iterable.into_iter(), chunksize, true)
+    }
+
+    /// As [`imap`](Self::imap), yielding values in the order they finish (Python's
+    /// `imap_unordered`).
+    pub fn imap_unordered<F, A, R, I>(&self, f: F, iterable: I) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        IMap::new(self, f, iterable.into_iter(), 1, false)
+    }
+
+    /// As [`imap_unordered`](Self::imap_unordered) with chunks of `chunksize` items.
+    pub fn imap_unordered_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> IMap<'_, A, R, I::IntoIter>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        IMap::new(self, f, iterable.into_iter(), chunksize, false)
+    }
+
+    /// Python's `starmap`: `f` takes several arguments as one tuple, so this is
+    /// [`map`](Self::map) over an iterator of tuples (a target always takes its arguments as
+    /// one value).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::Pool;
+    ///
+    /// fn power((base, exp): (u64, u32)) -> u64 { base.pow(exp) }
+    ///
+    /// let pool = Pool::new(2)?;
+    /// assert_eq!(pool.starmap(power, [(2, 3), (3, 2), (10, 0)])?, [8, 9, 1]);
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`map`](Self::map).
+    #[doc(alias = "map")]
+    pub fn starmap<F, A, R, I>(&self, f: F, iterable: I) -> Result<Vec<R>, PoolError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map(f, iterable)
+    }
+
+    /// [`starmap`](Self::starmap) with chunks of `chunksize` items.
+    ///
+    /// # Errors
+    /// As [`map_chunked`](Self::map_chunked).
+    pub fn starmap_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> Result<Vec<R>, PoolError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_chunked(f, iterable, chunksize)
+    }
+
+    /// Python's `starmap_async`: [`map_async`](Self::map_async) over an iterator of tuples.
+    pub fn starmap_async<F, A, R, I>(&self, f: F, iterable: I) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async(f, iterable)
+    }
+
+    /// [`starmap_async`](Self::starmap_async) with chunks of `chunksize` items.
+    pub fn starmap_async_chunked<F, A, R, I>(
+        &self,
+        f: F,
+        iterable: I,
+        chunksize: usize,
+    ) -> AsyncResult<Vec<R>>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+    {
+        self.map_async_chunked(f, iterable, chunksize)
+    }
+
+    /// Takes no new calls; what was submitted still runs (Python's `close`). An `imap` begun
+    /// before goes on reading its input.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Stops now (Python's `terminate`): kills the workers, fails every pending task with
+    /// [`PoolError::is_terminated`], and returns when every worker has been reaped.
+    pub fn terminate(&self) {
+        self.shared.terminate();
+        self.join_handler();
+    }
+
+    /// Waits until the submitted work is done and every worker has ended (Python's `join`).
+    ///
+    /// # Errors
+    /// When the pool was neither closed nor terminated ([`PoolError::is_misuse`]), as in
+    /// Python: it would wait forever.
+    pub fn join(&self) -> Result<(), PoolError> {
+        if !self.shared.lock().closed {
+            return Err(PoolError::new(Kind::Invalid(
+                "cannot join a running pool: close or terminate it first".into(),
+            )));
+        }
+        self.join_handler();
+        Ok(())
+    }
+
+    fn join_handler(&self) {
+        let handle = self
+            .handler
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+        self.join_handler();
+    }
+}
+
+fn chunksize_error() -> PoolError {
+    PoolError::new(Kind::Invalid("chunksize must be at least 1".into()))
+}
+
+/// The lazy iterator of [`Pool::imap`] and [`Pool::imap_unordered`]: yields
+/// `Result<R, PoolError>` per item.
+///
+/// [`completed`](Self::completed) counts the items done, [`submitted`](Self::submitted) the
+/// items read from the input so far.
+pub struct IMap<'p, A, R, I> {
+    pool: &'p Pool,
+    input: I,
+    entry: i64,
+    chunksize: usize,
+    shared: Arc<StreamShared<R>>,
+    submitted: usize,
+    yielded: usize,
+    exhausted: bool,
+    error: Option<PoolError>,
+    window: usize,
+    _arg: PhantomData<fn(A)>,
+}
+
+impl<A, R, I> std::fmt::Debug for IMap<'_, A, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IMap")
+            .field("submitted", &self.submitted)
+            .field("yielded", &self.yielded)
+            .field("exhausted", &self.exhausted)
+            .finish()
+    }
+}
+
+impl<'p, A, R, I> IMap<'p, A, R, I>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    fn new<F>(pool: &'p Pool, f: F, input: I, chunksize: usize, ordered: bool) -> Self
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    {
+        let _ = f;
+        let refused = if chunksize == 0 {
+            Some(chunksize_error())
+        } else if pool.shared.lock().closed {
+            Some(PoolError::new(Kind::Closed))
+        } else {
+            None
+        };
+        let mut it = IMap {
+            pool,
+            input,
+            entry: task::pool_entry_offset::<F, A, R>(),
+            chunksize: chunksize.max(1),
+            shared: StreamShared::new(ordered),
+            submitted: 0,
+            yielded: 0,
+            exhausted: refused.is_some(),
+            error: refused,
+            window: 16 * pool.processes,
+            _arg: PhantomData,
+        };
+        it.feed();
+        it
+    }
+
+    /// Reads and submits input until `window` chunks are ahead of the consumer.
+    fn feed(&mut self) {
+        while !self.exhausted && self.submitted - self.yielded < self.window * self.chunksize {
+            let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
+            if chunk.is_empty() {
+                self.exhausted = true;
+                break;
+            }
+            let n = chunk.len();
+            let sink: Arc<dyn Sink> = Arc::clone(&self.shared) as Arc<dyn Sink>;
+            let unit = self.pool.unit(self.entry, chunk, self.submitted, sink);
+            self.submitted += n;
+            if !unit.payload.is_empty() {
+                self.pool.shared.submit(unit, true);
+            }
+            if self.pool.shared.lock().finished {
+                // The pool is gone: the refused chunk's items fail; read no further.
+                self.exhausted = true;
+            }
+        }
+    }
+
+    fn next_until(&mut self, deadline: Option<Instant>) -> Option<Result<R, PoolError>> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        self.feed();
+        if self.exhausted && self.yielded == self.submitted {
+            return None;
+        }
+        match self.shared.next_until(self.yielded, deadline) {
+            Some(r) => {
+                self.yielded += 1;
+                Some(r)
+            }
+            None => Some(Err(PoolError::new(Kind::Timeout))),
+        }
+    }
+
+    /// The next value, waiting at most `timeout` (Python's `next(timeout)`). On timeout,
+    /// `Some(Err(e))` with [`PoolError::is_timeout`], and the item is still to come.
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, PoolError>> {
+        self.next_until(Some(Instant::now() + timeout))
+    }
+
+    /// The number of items done so far (a progress count).
+    pub fn completed(&self) -> usize {
+        self.shared.completed()
+    }
+
+    /// The number of items read from the input and submitted so far.
+    pub fn submitted(&self) -> usize {
+        self.submitted
+    }
+}
+
+impl<A, R, I> Iterator for IMap<'_, A, R, I>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A>,
+{
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_until(None)
+    }
+}

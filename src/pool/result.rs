@@ -1,0 +1,534 @@
+//! Where results land: `AsyncResult` (apply_async, map_async) and the shared state of the
+//! lazy iterators (imap, imap_unordered).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+
+use super::error::{Kind, PoolError};
+use crate::handle;
+use crate::task::{self, UnitOut};
+
+/// The receiving end of a unit of work, type-erased for the pool's result handler.
+pub(crate) trait Sink: Send + Sync {
+    /// The encoded `UnitOut<R>` of items `start..start + count`, from worker `pid`.
+    fn deliver(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32);
+    /// Items `start..start + count` failed with `err`.
+    fn fail(&self, start: usize, count: usize, err: PoolError);
+}
+
+/// The outcome of one unit, decoded.
+enum Chunk<R> {
+    Values(Vec<R>),
+    Mixed(Vec<Result<R, PoolError>>),
+    Failed(PoolError),
+}
+
+fn decode_chunk<R: DeserializeOwned>(
+    start: usize,
+    count: usize,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    pid: i32,
+) -> Chunk<R> {
+    match handle::decode::<UnitOut<R>>(bytes, fds) {
+        Ok(UnitOut::All(v)) if v.len() == count => Chunk::Values(v),
+        Ok(UnitOut::Mixed(v)) if v.len() == count => Chunk::Mixed(
+            v.into_iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.map_err(|message| {
+                        PoolError::new(Kind::Panicked { pid, message }).at(start + i, 1)
+                    })
+                })
+                .collect(),
+        ),
+        Ok(UnitOut::Failed(message)) => {
+            Chunk::Failed(PoolError::new(Kind::Failed { pid, message }).at(start, count))
+        }
+        Ok(_) => Chunk::Failed(
+            PoolError::new(Kind::Decode(format!(
+                "worker {pid} returned the wrong number of results"
+            )))
+            .at(start, count),
+        ),
+        Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e.0)).at(start, count)),
+    }
+}
+
+/// A success callback of a map (an `apply_async` one is wrapped to take the one value).
+pub(crate) type OnSuccess<R> = Box<dyn FnOnce(&[R]) + Send>;
+/// An error callback.
+pub(crate) type OnError = Box<dyn FnOnce(&PoolError) + Send>;
+
+/// Runs a user callback; a panic in it is reported on stderr and goes no further.
+fn run_callback(f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        eprintln!(
+            "multiprocess: a pool callback panicked (ignored): {}",
+            task::panic_message(&*payload)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// map_async / apply_async
+
+struct MapState<R> {
+    chunks: BTreeMap<usize, Chunk<R>>,
+    done: usize,
+    outcome: Option<Result<Vec<R>, PoolError>>,
+    finished: bool,
+    taken: bool,
+    on_success: Option<OnSuccess<R>>,
+    on_error: Option<OnError>,
+}
+
+/// The shared state of one `map_async` (or `apply_async`: a map of one item).
+pub(crate) struct MapShared<R> {
+    st: Mutex<MapState<R>>,
+    cv: Condvar,
+    total: usize,
+    completed: AtomicUsize,
+}
+
+impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
+    pub(crate) fn new(
+        total: usize,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
+    ) -> Arc<Self> {
+        let shared = Arc::new(MapShared {
+            st: Mutex::new(MapState {
+                chunks: BTreeMap::new(),
+                done: 0,
+                outcome: None,
+                finished: false,
+                taken: false,
+                on_success,
+                on_error,
+            }),
+            cv: Condvar::new(),
+            total,
+            completed: AtomicUsize::new(0),
+        });
+        if total == 0 {
+            shared.finish(shared.lock());
+        }
+        shared
+    }
+
+    /// A result that failed before any work started (a bad argument, say).
+    pub(crate) fn failed(total: usize, err: PoolError) -> Arc<Self> {
+        let shared = MapShared::new(total.max(1), None, None);
+        let mut st = shared.lock();
+        st.outcome = Some(Err(err));
+        st.finished = true;
+        drop(st);
+        shared
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MapState<R>> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, start: usize, count: usize, chunk: Chunk<R>) {
+        let mut st = self.lock();
+        if st.finished || st.chunks.contains_key(&start) {
+            return;
+        }
+        st.chunks.insert(start, chunk);
+        st.done += count;
+        self.completed.fetch_add(count, Ordering::Relaxed);
+        if st.done >= self.total {
+            self.finish(st);
+        }
+    }
+
+    /// All items are in: build the outcome, run the callbacks (outside the lock, so that a
+    /// callback may look at this result), then publish.
+    fn finish(&self, mut st: MutexGuard<'_, MapState<R>>) {
+        let chunks = std::mem::take(&mut st.chunks);
+        let on_success = st.on_success.take();
+        let on_error = st.on_error.take();
+        drop(st);
+        let mut first_err: Option<PoolError> = None;
+        for chunk in chunks.values() {
+            match chunk {
+                Chunk::Values(_) => {}
+                Chunk::Mixed(v) => {
+                    if let Some(Err(e)) = v.iter().find(|r| r.is_err()) {
+                        first_err = Some(e.clone());
+                        break;
+                    }
+                }
+                Chunk::Failed(e) => {
+                    first_err = Some(e.clone());
+                    break;
+                }
+            }
+        }
+        let outcome = match first_err {
+            Some(e) => Err(e),
+            None => {
+                let mut all = Vec::with_capacity(self.total);
+                for chunk in chunks.into_values() {
+                    match chunk {
+                        Chunk::Values(v) => all.extend(v),
+                        Chunk::Mixed(v) => all.extend(v.into_iter().flatten()),
+                        Chunk::Failed(_) => {}
+                    }
+                }
+                Ok(all)
+            }
+        };
+        match &outcome {
+            Ok(values) => {
+                if let Some(cb) = on_success {
+                    run_callback(|| cb(values));
+                }
+            }
+            Err(e) => {
+                if let Some(cb) = on_error {
+                    run_callback(|| cb(e));
+                }
+            }
+        }
+        let mut st = self.lock();
+        st.outcome = Some(outcome);
+        st.finished = true;
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let mut st = self.lock();
+        while !st.finished {
+            match deadline {
+                None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return false;
+                    }
+                    st = self
+                        .cv
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+        true
+    }
+
+    fn take(&self, deadline: Option<Instant>) -> Result<Vec<R>, PoolError> {
+        if !self.wait_until(deadline) {
+            return Err(PoolError::new(Kind::Timeout));
+        }
+        let mut st = self.lock();
+        if st.taken {
+            return Err(PoolError::new(Kind::Taken));
+        }
+        st.taken = true;
+        st.outcome
+            .take()
+            .unwrap_or_else(|| Err(PoolError::new(Kind::Taken)))
+    }
+
+    fn successful(&self) -> Option<bool> {
+        let st = self.lock();
+        if !st.finished {
+            return None;
+        }
+        match &st.outcome {
+            Some(o) => Some(o.is_ok()),
+            None => Some(true),
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for MapShared<R> {
+    fn deliver(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32) {
+        self.add(start, count, decode_chunk(start, count, bytes, fds, pid));
+    }
+
+    fn fail(&self, start: usize, count: usize, err: PoolError) {
+        self.add(start, count, Chunk::Failed(err.at(start, count)));
+    }
+}
+
+/// How an `AsyncResult` reads its shared state.
+trait Outcome<T>: Send + Sync {
+    fn wait_until(&self, deadline: Option<Instant>) -> bool;
+    fn take(&self, deadline: Option<Instant>) -> Result<T, PoolError>;
+    fn successful(&self) -> Option<bool>;
+    fn completed(&self) -> usize;
+    fn total(&self) -> usize;
+}
+
+impl<R: DeserializeOwned + Send + 'static> Outcome<Vec<R>> for MapShared<R> {
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        MapShared::wait_until(self, deadline)
+    }
+    fn take(&self, deadline: Option<Instant>) -> Result<Vec<R>, PoolError> {
+        MapShared::take(self, deadline)
+    }
+    fn successful(&self) -> Option<bool> {
+        MapShared::successful(self)
+    }
+    fn completed(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
+    }
+    fn total(&self) -> usize {
+        self.total
+    }
+}
+
+/// `apply_async`'s view of a one-item map.
+struct One<R>(Arc<MapShared<R>>);
+
+impl<R: DeserializeOwned + Send + 'static> Outcome<R> for One<R> {
+    fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        self.0.wait_until(deadline)
+    }
+    fn take(&self, deadline: Option<Instant>) -> Result<R, PoolError> {
+        // One task: "item 0" says nothing.
+        let mut v = self.0.take(deadline).map_err(PoolError::without_item)?;
+        v.pop()
+            .ok_or_else(|| PoolError::new(Kind::Decode("the task returned no result".into())))
+    }
+    fn successful(&self) -> Option<bool> {
+        self.0.successful()
+    }
+    fn completed(&self) -> usize {
+        self.0.completed.load(Ordering::Relaxed)
+    }
+    fn total(&self) -> usize {
+        1
+    }
+}
+
+/// The result of [`apply_async`](super::Pool::apply_async) (`T` is the task's return type)
+/// or of [`map_async`](super::Pool::map_async) (`T` is `Vec` of it), as Python's
+/// `AsyncResult`.
+///
+/// The value is [`get`](Self::get) once; [`wait`](Self::wait), [`ready`](Self::ready) and
+/// [`successful`](Self::successful) only look. [`completed`](Self::completed) and
+/// [`total`](Self::total) count the items done, enough for a progress bar. Dropping an
+/// `AsyncResult` does not cancel the work.
+///
+/// # Examples
+/// ```
+/// use multiprocess::Pool;
+/// use std::time::Duration;
+///
+/// fn cube(x: u64) -> u64 { x * x * x }
+///
+/// let pool = Pool::new(2)?;
+/// let mut one = pool.apply_async(cube, 3);
+/// let mut all = pool.map_async(cube, 0..100);
+/// assert_eq!(one.get()?, 27);
+/// all.wait();
+/// assert!(all.ready());
+/// assert_eq!(all.successful(), Some(true));
+/// assert_eq!((all.completed(), all.total()), (100, 100));
+/// assert_eq!(all.get_timeout(Duration::from_secs(5))?[99], 970_299);
+/// # Ok::<(), multiprocess::PoolError>(())
+/// ```
+pub struct AsyncResult<T> {
+    inner: Arc<dyn Outcome<T>>,
+}
+
+impl<T> fmt::Debug for AsyncResult<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("completed", &self.inner.completed())
+            .field("total", &self.inner.total())
+            .finish()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> AsyncResult<Vec<R>> {
+    pub(crate) fn for_map(shared: Arc<MapShared<R>>) -> Self {
+        AsyncResult { inner: shared }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+    pub(crate) fn for_one(shared: Arc<MapShared<R>>) -> Self {
+        AsyncResult {
+            inner: Arc::new(One(shared)),
+        }
+    }
+}
+
+impl<T> AsyncResult<T> {
+    /// Waits for the result and returns it (Python's `get()`).
+    ///
+    /// # Errors
+    /// The task's error (a panic, its worker's death, a terminated pool...; for a map, the
+    /// first failing item by input order, see [`PoolError::item`]); a result already taken by
+    /// an earlier `get` ([`PoolError::is_misuse`]).
+    pub fn get(&mut self) -> Result<T, PoolError> {
+        self.inner.take(None)
+    }
+
+    /// Waits at most `timeout` for the result (Python's `get(timeout)`).
+    ///
+    /// # Errors
+    /// [`PoolError::is_timeout`] when the result is not there in time (the task goes on and a
+    /// later call can still get it); otherwise as [`get`](Self::get).
+    pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, PoolError> {
+        self.inner.take(Some(Instant::now() + timeout))
+    }
+
+    /// Waits until the result is ready (Python's `wait()`).
+    pub fn wait(&self) {
+        self.inner.wait_until(None);
+    }
+
+    /// Waits at most `timeout` until the result is ready; returns whether it is.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.inner.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Whether the result is ready (Python's `ready()`).
+    pub fn ready(&self) -> bool {
+        self.inner.wait_until(Some(Instant::now()))
+    }
+
+    /// Whether the call succeeded: `None` while not ready (Python raises `ValueError` there).
+    pub fn successful(&self) -> Option<bool> {
+        self.inner.successful()
+    }
+
+    /// The number of items done so far (ended with a value or an error).
+    pub fn completed(&self) -> usize {
+        self.inner.completed()
+    }
+
+    /// The number of items of the call (1 for `apply_async`).
+    pub fn total(&self) -> usize {
+        self.inner.total()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// imap / imap_unordered
+
+struct StreamState<R> {
+    /// Ordered: chunks by their first index. Unordered: everything under key 0.
+    chunks: BTreeMap<usize, VecDeque<Result<R, PoolError>>>,
+}
+
+/// The shared state of one `imap` or `imap_unordered`.
+pub(crate) struct StreamShared<R> {
+    st: Mutex<StreamState<R>>,
+    cv: Condvar,
+    ordered: bool,
+    completed: AtomicUsize,
+}
+
+impl<R: DeserializeOwned + Send + 'static> StreamShared<R> {
+    pub(crate) fn new(ordered: bool) -> Arc<Self> {
+        Arc::new(StreamShared {
+            st: Mutex::new(StreamState {
+                chunks: BTreeMap::new(),
+            }),
+            cv: Condvar::new(),
+            ordered,
+            completed: AtomicUsize::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StreamState<R>> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add(&self, start: usize, count: usize, items: VecDeque<Result<R, PoolError>>) {
+        let mut st = self.lock();
+        if self.ordered {
+            st.chunks.insert(start, items);
+        } else {
+            st.chunks.entry(0).or_default().extend(items);
+        }
+        self.completed.fetch_add(count, Ordering::Relaxed);
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    /// The next result: item `next` (ordered) or any (unordered). `None` on timeout.
+    pub(crate) fn next_until(
+        &self,
+        next: usize,
+        deadline: Option<Instant>,
+    ) -> Option<Result<R, PoolError>> {
+        let mut st = self.lock();
+        loop {
+            if let Some(v) = self.pop(&mut st, next) {
+                return Some(v);
+            }
+            match deadline {
+                None => st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    st = self
+                        .cv
+                        .wait_timeout(st, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    fn pop(&self, st: &mut StreamState<R>, next: usize) -> Option<Result<R, PoolError>> {
+        let mut entry = st.chunks.first_entry()?;
+        if self.ordered && *entry.key() != next {
+            return None;
+        }
+        let v = entry.get_mut().pop_front();
+        if entry.get().is_empty() {
+            entry.remove();
+        } else if self.ordered {
+            // Re-key the rest of the chunk by its new first index.
+            let rest = entry.remove();
+            st.chunks.insert(next + 1, rest);
+        }
+        v
+    }
+
+    pub(crate) fn completed(&self) -> usize {
+        self.completed.load(Ordering::Relaxed)
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Sink for StreamShared<R> {
+    fn deliver(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32) {
+        let items: VecDeque<_> = match decode_chunk::<R>(start, count, bytes, fds, pid) {
+            Chunk::Values(v) => v.into_iter().map(Ok).collect(),
+            Chunk::Mixed(v) => v.into(),
+            Chunk::Failed(e) => (0..count)
+                .map(|i| Err(e.clone().at(start + i, 1)))
+                .collect(),
+        };
+        self.add(start, count, items);
+    }
+
+    fn fail(&self, start: usize, count: usize, err: PoolError) {
+        let items = (0..count)
+            .map(|i| Err(err.clone().at(start + i, 1)))
+            .collect();
+        self.add(start, count, items);
+    }
+}

@@ -1,0 +1,824 @@
+//! The result handler: one thread per pool that starts the workers, hands them work, reads
+//! their reports, and replaces the ones that die.
+//!
+//! It waits (`connection::wait`, one `poll`) on: a wake-up pipe (new work, close, terminate),
+//! every worker's connection (reports), and every worker's process (death). Work sits in one
+//! queue of *units* (a task, or a chunk of a map) until a worker can take it:
+//! - an idle worker gets a batch of `clamp(queued / (2 * workers), 1, 128)` units (at most
+//!   1 MiB and 64 descriptors, but always at least one unit);
+//! - a worker with one batch outstanding gets a second, small one (at most 32 KiB) only when
+//!   the queue is deep (`queued >= 2 * workers`): this hides the round trip for floods of small
+//!   tasks, and a small second batch always fits the socket's buffer, so the blocking send
+//!   can never wait on a worker that is itself blocked sending its report to us.
+//!
+//! A worker that dies fails exactly the unit it was running (see the started counter in
+//! `worker.rs`) with a typed error naming its pid and signal or exit code; the units it held
+//! that had not started, or had finished without being reported, go back to the front of the
+//! queue. Then a replacement is started. A failing initializer breaks the pool instead: every
+//! pending unit fails with that error and no worker is started again.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use super::error::{Kind, PoolError};
+use super::result::Sink;
+use super::worker::{self, ResultHeader, UnitHeader, WorkerArgs};
+use crate::connection::{self, Connection, ConnectionError, Pipe, Waitable};
+use crate::context::StartMethod;
+use crate::handle;
+use crate::process::Process;
+use crate::region::Region;
+use crate::sys::socket;
+use crate::task::UnitOut;
+
+/// Most units in one batch.
+const MAX_BATCH_UNITS: usize = 128;
+/// A batch stops growing past this many bytes (it always holds at least one unit).
+const BATCH_BYTES: usize = 1 << 20;
+/// The largest second batch sent to a worker that has one outstanding.
+const PREFETCH_BYTES: usize = 32 << 10;
+
+/// Anything that keeps the handles of a unit's arguments open until the unit is done.
+pub(crate) trait KeepAlive: Send + Sync {}
+impl<T: Send + Sync + ?Sized> KeepAlive for T {}
+
+/// What a unit is for.
+pub(crate) enum UnitKind {
+    /// Items of a call; results go to the sink.
+    Task(Arc<dyn Sink>),
+    /// The initializer of the worker it is sent to.
+    Init,
+}
+
+/// One unit of work: the items `start..start + count` of a call, encoded.
+pub(crate) struct Unit {
+    pub(crate) id: u64,
+    pub(crate) entry: i64,
+    pub(crate) payload: Vec<u8>,
+    /// Descriptors borrowed from `keep`.
+    pub(crate) fds: Vec<RawFd>,
+    /// Never read: holds the argument values whose descriptors `fds` borrows.
+    #[allow(dead_code)]
+    pub(crate) keep: Option<Arc<dyn KeepAlive>>,
+    pub(crate) kind: UnitKind,
+    pub(crate) start: usize,
+    pub(crate) count: usize,
+}
+
+impl Unit {
+    /// Fails this unit's items (an initializer unit has no caller to tell).
+    fn fail(self, err: PoolError) {
+        if let UnitKind::Task(sink) = self.kind {
+            sink.fail(self.start, self.count, err);
+        }
+    }
+}
+
+/// The initializer and its encoded argument, sent to every new worker.
+pub(crate) struct InitSpec {
+    pub(crate) entry: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) fds: Vec<RawFd>,
+    pub(crate) keep: Arc<dyn KeepAlive>,
+}
+
+/// How the pool was built.
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) method: Option<StartMethod>,
+    pub(crate) maxtasks: Option<u64>,
+    pub(crate) init: Option<InitSpec>,
+}
+
+/// State shared by the `Pool` handle and its result handler.
+pub(crate) struct State {
+    queue: VecDeque<Unit>,
+    pub(crate) closed: bool,
+    terminating: bool,
+    pub(crate) broken: Option<PoolError>,
+    sleeping: bool,
+    pub(crate) ready: bool,
+    pub(crate) finished: bool,
+    pub(crate) pids: Vec<i32>,
+    conns: Vec<Arc<Connection>>,
+    pub(crate) started: usize,
+}
+
+pub(crate) struct Shared {
+    st: Mutex<State>,
+    pub(crate) cv: Condvar,
+    wake: Connection,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> std::io::Result<(Arc<Shared>, Connection)> {
+        let (wake, wake_rx) = Pipe::new()?;
+        let shared = Arc::new(Shared {
+            st: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+                terminating: false,
+                broken: None,
+                sleeping: false,
+                ready: false,
+                finished: false,
+                pids: Vec::new(),
+                conns: Vec::new(),
+                started: 0,
+            }),
+            cv: Condvar::new(),
+            wake,
+            next_id: AtomicU64::new(1),
+        });
+        Ok((shared, wake_rx))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn wake_if(&self, sleeping: bool) {
+        if sleeping {
+            let _ = self.wake.send_bytes(&[1]);
+        }
+    }
+
+    /// Queues a unit. `internal`: part of a call already accepted (an `imap` feeding its
+    /// input), allowed after `close`. On refusal the unit's items fail with the reason.
+    pub(crate) fn submit(&self, unit: Unit, internal: bool) {
+        if unit.fds.len() > socket::MAX_FDS {
+            let n = unit.fds.len();
+            unit.fail(PoolError::new(Kind::Invalid(format!(
+                "a pool task can carry at most {} handles, this one has {n}",
+                socket::MAX_FDS
+            ))));
+            return;
+        }
+        let mut st = self.lock();
+        let refused = if let Some(e) = &st.broken {
+            Some(e.clone())
+        } else if st.finished || st.terminating || (st.closed && !internal) {
+            Some(PoolError::new(Kind::Closed))
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            drop(st);
+            unit.fail(e);
+            return;
+        }
+        st.queue.push_back(unit);
+        let sleeping = std::mem::replace(&mut st.sleeping, false);
+        drop(st);
+        self.wake_if(sleeping);
+    }
+
+    /// No new calls; the queued work still runs.
+    pub(crate) fn close(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        let sleeping = std::mem::replace(&mut st.sleeping, false);
+        drop(st);
+        self.wake_if(sleeping);
+    }
+
+    /// Stops everything now: the result handler kills the workers and fails what is pending.
+    pub(crate) fn terminate(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        st.terminating = true;
+        // A send blocked on a worker fails at once, so the handler sees the flag.
+        for c in &st.conns {
+            let _ = socket::shutdown(c.as_fd_borrow(), true);
+            let _ = socket::shutdown(c.as_fd_borrow(), false);
+        }
+        st.sleeping = false;
+        drop(st);
+        self.wake_if(true);
+    }
+}
+
+trait AsFdBorrow {
+    fn as_fd_borrow(&self) -> std::os::fd::BorrowedFd<'_>;
+}
+
+impl AsFdBorrow for Connection {
+    fn as_fd_borrow(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+struct Worker {
+    proc: Process<()>,
+    pid: i32,
+    conn: Option<Arc<Connection>>,
+    slot: Region,
+    inflight: VecDeque<Unit>,
+    /// Units still unreported, per outstanding batch, oldest first.
+    batches: VecDeque<usize>,
+    /// Units reported (wrapping, as the worker's started counter).
+    reported: u32,
+    /// Task units ever given to this worker (for maxtasksperchild).
+    assigned: u64,
+    initialized: bool,
+    initial: bool,
+    dead: bool,
+}
+
+struct Supervisor {
+    shared: Arc<Shared>,
+    config: Config,
+    wake_rx: Connection,
+    workers: Vec<Worker>,
+    counter: usize,
+}
+
+/// The result handler thread's body.
+pub(crate) fn run(shared: Arc<Shared>, config: Config, wake_rx: Connection) {
+    let mut sup = Supervisor {
+        shared,
+        config,
+        wake_rx,
+        workers: Vec::new(),
+        counter: 0,
+    };
+    for _ in 0..sup.config.processes {
+        if let Err(e) = sup.start_worker(true) {
+            sup.shared.lock().broken = Some(e);
+            break;
+        }
+    }
+    sup.check_ready();
+    sup.main_loop();
+}
+
+impl Supervisor {
+    fn main_loop(&mut self) {
+        loop {
+            let (terminating, broken, closed_and_idle) = {
+                let st = self.shared.lock();
+                (
+                    st.terminating,
+                    st.broken.clone(),
+                    st.closed
+                        && st.queue.is_empty()
+                        && self.workers.iter().all(|w| w.inflight.is_empty()),
+                )
+            };
+            if terminating {
+                self.kill_all(PoolError::new(Kind::Terminated));
+                return;
+            }
+            if let Some(e) = broken {
+                self.kill_all(e);
+                return;
+            }
+            if closed_and_idle {
+                self.retire_all();
+                return;
+            }
+            self.dispatch();
+            {
+                let mut st = self.shared.lock();
+                if !st.queue.is_empty() && self.has_capacity(&st) {
+                    continue;
+                }
+                st.sleeping = true;
+            }
+            self.wait_and_read();
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.workers.iter().filter(|w| !w.dead).count().max(1)
+    }
+
+    /// How many units worker `w` may take now (0: none), given the queue.
+    fn room(&self, w: &Worker, st: &State) -> usize {
+        if w.dead || w.conn.is_none() || st.queue.is_empty() {
+            return 0;
+        }
+        let n = self.live();
+        let deep = st.queue.len() >= 2 * n;
+        match w.batches.len() {
+            0 => {}
+            1 if deep => {
+                if st
+                    .queue
+                    .front()
+                    .is_some_and(|u| u.payload.len() > PREFETCH_BYTES)
+                {
+                    return 0;
+                }
+            }
+            _ => return 0,
+        }
+        let mut k = (st.queue.len() / (2 * n)).clamp(1, MAX_BATCH_UNITS);
+        if let Some(max) = self.config.maxtasks {
+            k = k.min(max.saturating_sub(w.assigned) as usize);
+        }
+        k
+    }
+
+    fn has_capacity(&self, st: &State) -> bool {
+        self.workers.iter().any(|w| self.room(w, st) > 0)
+    }
+
+    fn dispatch(&mut self) {
+        let mut plans: Vec<(usize, Vec<Unit>)> = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            let mut order: Vec<usize> = (0..self.workers.len()).collect();
+            order.sort_by_key(|&i| self.workers[i].batches.len());
+            for i in order {
+                let k = self.room(&self.workers[i], &st);
+                if k == 0 {
+                    continue;
+                }
+                let limit = if self.workers[i].batches.is_empty() {
+                    BATCH_BYTES
+                } else {
+                    PREFETCH_BYTES
+                };
+                let mut units = Vec::new();
+                let (mut bytes, mut fds) = (0usize, 0usize);
+                while units.len() < k {
+                    let Some(u) = st.queue.front() else { break };
+                    if !units.is_empty()
+                        && (bytes + u.payload.len() > limit || fds + u.fds.len() > socket::MAX_FDS)
+                    {
+                        break;
+                    }
+                    bytes += u.payload.len();
+                    fds += u.fds.len();
+                    if let Some(u) = st.queue.pop_front() {
+                        units.push(u);
+                    }
+                }
+                if !units.is_empty() {
+                    self.workers[i].assigned += units.len() as u64;
+                    plans.push((i, units));
+                }
+            }
+        }
+        for (i, units) in plans {
+            self.send_batch(i, units);
+        }
+    }
+
+    fn send_batch(&mut self, i: usize, units: Vec<Unit>) {
+        let w = &mut self.workers[i];
+        let headers: Vec<Vec<u8>> = units
+            .iter()
+            .map(|u| {
+                postcard::to_allocvec(&UnitHeader {
+                    id: u.id,
+                    entry: u.entry,
+                    len: u.payload.len() as u64,
+                    nfds: u.fds.len() as u32,
+                })
+                .unwrap_or_default()
+            })
+            .collect();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(units.len() * 2);
+        for (h, u) in headers.iter().zip(&units) {
+            parts.push(h);
+            parts.push(&u.payload);
+        }
+        let raw: Vec<RawFd> = units.iter().flat_map(|u| u.fds.iter().copied()).collect();
+        // SAFETY: each unit's descriptors belong to the values in its `keep` (or the pool's
+        // initializer argument), alive until the unit is done, so open during this send.
+        #[allow(unsafe_code)]
+        let fds = unsafe { handle::borrow_all(&raw) };
+        let sent = match &w.conn {
+            Some(c) => c.send_encoded_parts(&parts, &fds).is_ok(),
+            None => false,
+        };
+        drop(fds);
+        w.batches.push_back(units.len());
+        w.inflight.extend(units);
+        if !sent {
+            // The worker is gone (or the pool is terminating): its death handling requeues.
+            w.dead = true;
+        }
+    }
+
+    fn wait_and_read(&mut self) {
+        let ready = {
+            let mut objs: Vec<&dyn Waitable> = vec![&self.wake_rx];
+            for w in &self.workers {
+                match &w.conn {
+                    Some(c) if !w.dead => objs.push(&**c),
+                    _ => objs.push(&self.wake_rx),
+                }
+                objs.push(&w.proc);
+            }
+            if self.workers.iter().any(|w| w.dead) {
+                Vec::new()
+            } else {
+                connection::wait(&objs, None).unwrap_or_default()
+            }
+        };
+        let terminating = {
+            let mut st = self.shared.lock();
+            st.sleeping = false;
+            st.terminating
+        };
+        if terminating {
+            // The main loop kills everything; settling single deaths would be wasted.
+            return;
+        }
+        while let Ok(true) = self.wake_rx.poll(Duration::ZERO) {
+            if self.wake_rx.recv_bytes_timeout(Duration::ZERO).is_err() {
+                break;
+            }
+        }
+        for idx in ready {
+            if idx == 0 {
+                continue;
+            }
+            let (i, is_proc) = ((idx - 1) / 2, (idx - 1) % 2 == 1);
+            if i >= self.workers.len() {
+                continue;
+            }
+            if is_proc {
+                self.workers[i].dead = true;
+            } else {
+                self.read_reports(i);
+            }
+        }
+        // Deaths and retirements change the worker list: handle them one at a time.
+        while let Some(i) = self.workers.iter().position(|w| w.dead) {
+            if self.shared.lock().terminating {
+                return;
+            }
+            self.handle_death(i);
+        }
+        if let Some(max) = self.config.maxtasks {
+            while let Some(i) = self
+                .workers
+                .iter()
+                .position(|w| w.assigned >= max && w.inflight.is_empty() && w.conn.is_some())
+            {
+                self.retire(i);
+            }
+        }
+    }
+
+    /// Reads every complete report a worker has sent.
+    fn read_reports(&mut self, i: usize) {
+        loop {
+            let frame = match &self.workers[i].conn {
+                Some(c) => c.recv_raw_timeout(Duration::ZERO),
+                None => return,
+            };
+            match frame {
+                Ok((bytes, fds)) => self.handle_report(i, &bytes, fds),
+                Err(ConnectionError::Timeout) => return,
+                Err(_) => {
+                    self.workers[i].dead = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn handle_report(&mut self, i: usize, bytes: &[u8], fds: Vec<std::os::fd::OwnedFd>) {
+        let parts = match worker::split_frame::<ResultHeader>(bytes, fds, |h| (h.len, h.nfds)) {
+            Ok(p) => p,
+            Err(_) => {
+                self.kill_worker(i);
+                return;
+            }
+        };
+        for (h, body, fds) in parts {
+            let w = &mut self.workers[i];
+            let pid = w.pid;
+            let Some(unit) = w.inflight.pop_front() else {
+                self.kill_worker(i);
+                return;
+            };
+            if unit.id != h.id {
+                w.inflight.push_front(unit);
+                self.kill_worker(i);
+                return;
+            }
+            w.reported = w.reported.wrapping_add(1);
+            if let Some(front) = w.batches.front_mut() {
+                *front -= 1;
+                if *front == 0 {
+                    w.batches.pop_front();
+                }
+            }
+            match unit.kind {
+                UnitKind::Task(sink) => sink.deliver(unit.start, unit.count, body, fds, pid),
+                UnitKind::Init => match handle::decode::<UnitOut<()>>(body, fds) {
+                    Ok(UnitOut::All(_)) => {
+                        self.workers[i].initialized = true;
+                        self.check_ready();
+                    }
+                    Ok(UnitOut::Mixed(v)) => {
+                        let message = v
+                            .into_iter()
+                            .find_map(Result::err)
+                            .unwrap_or_else(|| "the initializer failed".into());
+                        self.break_pool(PoolError::new(Kind::Initializer { pid, message }));
+                    }
+                    Ok(UnitOut::Failed(message)) => {
+                        self.break_pool(PoolError::new(Kind::Initializer { pid, message }))
+                    }
+                    Err(e) => {
+                        self.break_pool(PoolError::new(Kind::Initializer { pid, message: e.0 }))
+                    }
+                },
+            }
+        }
+    }
+
+    fn kill_worker(&mut self, i: usize) {
+        let _ = self.workers[i].proc.kill();
+        self.workers[i].dead = true;
+    }
+
+    fn break_pool(&mut self, err: PoolError) {
+        let mut st = self.shared.lock();
+        if st.broken.is_none() {
+            st.broken = Some(err);
+        }
+        drop(st);
+        self.shared.cv.notify_all();
+    }
+
+    fn check_ready(&mut self) {
+        let ready = self
+            .workers
+            .iter()
+            .filter(|w| w.initial)
+            .all(|w| w.initialized);
+        if ready {
+            let mut st = self.shared.lock();
+            if !st.ready {
+                st.ready = true;
+                drop(st);
+                self.shared.cv.notify_all();
+            }
+        }
+    }
+
+    fn publish_workers(&self) {
+        let mut st = self.shared.lock();
+        st.pids = self
+            .workers
+            .iter()
+            .filter(|w| !w.dead)
+            .map(|w| w.pid)
+            .collect();
+        st.conns = self.workers.iter().filter_map(|w| w.conn.clone()).collect();
+    }
+
+    fn start_worker(&mut self, initial: bool) -> Result<(), PoolError> {
+        let start_err = |m: String| PoolError::new(Kind::Start(m));
+        let (mine, theirs) = Pipe::new().map_err(|e| start_err(e.to_string()))?;
+        let slot =
+            Region::new("multiprocess-pool-worker", 4096).map_err(|e| start_err(e.to_string()))?;
+        let dup = std::os::fd::AsFd::as_fd(&slot)
+            .try_clone_to_owned()
+            .map_err(|e| start_err(e.to_string()))?;
+        let their_slot = Region::from_fd(dup).map_err(|e| start_err(e.to_string()))?;
+        self.counter += 1;
+        let mut builder = Process::builder()
+            .daemon(true)
+            .name(format!("PoolWorker-{}", self.counter));
+        if let Some(m) = self.config.method {
+            builder = builder.start_method(m);
+        }
+        let proc = builder
+            .start(
+                worker::worker_main,
+                WorkerArgs {
+                    conn: theirs,
+                    slot: their_slot,
+                },
+            )
+            .map_err(|e| start_err(e.to_string()))?;
+        let pid = proc.pid().unwrap_or(0);
+        self.shared.lock().started += 1;
+        self.workers.push(Worker {
+            proc,
+            pid,
+            conn: Some(Arc::new(mine)),
+            slot,
+            inflight: VecDeque::new(),
+            batches: VecDeque::new(),
+            reported: 0,
+            assigned: 0,
+            initialized: self.config.init.is_none(),
+            initial,
+            dead: false,
+        });
+        self.publish_workers();
+        if let Some(init) = &self.config.init {
+            let unit = Unit {
+                id: self.shared.next_id(),
+                entry: init.entry,
+                payload: init.payload.clone(),
+                fds: init.fds.clone(),
+                keep: Some(Arc::clone(&init.keep)),
+                kind: UnitKind::Init,
+                start: 0,
+                count: 1,
+            };
+            let i = self.workers.len() - 1;
+            self.send_batch(i, vec![unit]);
+        }
+        Ok(())
+    }
+
+    /// A worker ended (or its connection broke): settle the units it held, replace it.
+    fn handle_death(&mut self, i: usize) {
+        // Whatever it reported before dying is still in the socket.
+        if self.workers[i].conn.is_some() {
+            self.workers[i].dead = false;
+            self.read_reports_until_eof(i);
+        }
+        let mut w = self.workers.remove(i);
+        if let Some(c) = w.conn.take() {
+            let _ = socket::shutdown(c.as_fd_borrow(), false);
+        }
+        self.join_ending(&mut w.proc);
+        let code = w.proc.exitcode().unwrap_or(-9);
+        let started = w.slot.atomic_u32(0).load(Ordering::Acquire);
+        let unreported = started.wrapping_sub(w.reported) as usize;
+        let culprit = if unreported >= 1 && unreported <= w.inflight.len() {
+            Some(unreported - 1)
+        } else {
+            None
+        };
+        let err = PoolError::new(Kind::WorkerLost { pid: w.pid, code });
+        let mut requeue = Vec::new();
+        let mut broken = None;
+        for (j, unit) in w.inflight.drain(..).enumerate() {
+            if Some(j) == culprit {
+                match unit.kind {
+                    UnitKind::Init => {
+                        broken = Some(PoolError::new(Kind::Initializer {
+                            pid: w.pid,
+                            message: err.to_string(),
+                        }))
+                    }
+                    UnitKind::Task(_) => unit.fail(err.clone()),
+                }
+            } else if matches!(unit.kind, UnitKind::Task(_)) {
+                requeue.push(unit);
+            }
+        }
+        if w.initial && !w.initialized && broken.is_none() {
+            broken = Some(PoolError::new(Kind::Initializer {
+                pid: w.pid,
+                message: err.to_string(),
+            }));
+        }
+        {
+            let mut st = self.shared.lock();
+            for unit in requeue.into_iter().rev() {
+                st.queue.push_front(unit);
+            }
+        }
+        self.publish_workers();
+        if let Some(e) = broken {
+            self.break_pool(e);
+            return;
+        }
+        self.replace();
+    }
+
+    fn read_reports_until_eof(&mut self, i: usize) {
+        // The process has ended or its connection broke: everything it sent is buffered, so
+        // reading stops at end of file (or at a broken stream) without waiting.
+        loop {
+            let frame = match &self.workers[i].conn {
+                Some(c) => c.recv_raw_timeout(Duration::from_millis(100)),
+                None => return,
+            };
+            match frame {
+                Ok((bytes, fds)) => self.handle_report(i, &bytes, fds),
+                Err(ConnectionError::Timeout) => {
+                    // Alive after all (a broken send, say): it is killed below.
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Joins a worker that is ending. One whose connection broke while it still runs (the
+    /// pool is terminating, or the worker broke the protocol) is killed after a while, or at
+    /// once when the pool terminates.
+    fn join_ending(&self, proc: &mut Process<()>) {
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if matches!(
+                proc.join_timeout(Duration::from_millis(50)),
+                Ok(true) | Err(_)
+            ) {
+                return;
+            }
+            if self.shared.lock().terminating || std::time::Instant::now() >= until {
+                let _ = proc.kill();
+                let _ = proc.join();
+                return;
+            }
+        }
+    }
+
+    /// Starts a replacement worker unless the pool is winding down.
+    fn replace(&mut self) {
+        let wanted = {
+            let st = self.shared.lock();
+            !st.terminating
+                && st.broken.is_none()
+                && (!st.closed
+                    || !st.queue.is_empty()
+                    || self.workers.iter().any(|w| !w.inflight.is_empty()))
+                && self.workers.len() < self.config.processes
+        };
+        if wanted {
+            if let Err(e) = self.start_worker(false) {
+                if self.workers.is_empty() {
+                    self.break_pool(e);
+                }
+            }
+        }
+    }
+
+    /// Retires worker `i` after maxtasksperchild units: closing its connection ends it.
+    fn retire(&mut self, i: usize) {
+        let mut w = self.workers.remove(i);
+        w.conn = None;
+        self.publish_workers();
+        let _ = w.proc.join();
+        self.replace();
+    }
+
+    /// Normal shutdown: every worker is idle; closing their connections ends them.
+    fn retire_all(&mut self) {
+        let leftovers: Vec<Unit> = {
+            let mut st = self.shared.lock();
+            st.finished = true;
+            st.queue.drain(..).collect()
+        };
+        for unit in leftovers {
+            unit.fail(PoolError::new(Kind::Closed));
+        }
+        for w in &mut self.workers {
+            w.conn = None;
+        }
+        self.publish_workers();
+        for w in &mut self.workers {
+            let _ = w.proc.join();
+        }
+        self.workers.clear();
+        self.finish();
+    }
+
+    /// Terminate or broken pool: kill every worker, fail everything pending with `err`.
+    fn kill_all(&mut self, err: PoolError) {
+        let mut pending: Vec<Unit> = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            st.finished = true;
+            pending.extend(st.queue.drain(..));
+        }
+        for w in &mut self.workers {
+            let _ = w.proc.kill();
+        }
+        for w in &mut self.workers {
+            let _ = w.proc.join();
+            w.conn = None;
+            pending.extend(w.inflight.drain(..));
+        }
+        self.workers.clear();
+        self.publish_workers();
+        for unit in pending {
+            unit.fail(err.clone());
+        }
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        let mut st = self.shared.lock();
+        st.finished = true;
+        st.pids.clear();
+        st.conns.clear();
+        drop(st);
+        self.shared.cv.notify_all();
+    }
+}
