@@ -84,6 +84,7 @@ pub mod context;
 mod error;
 pub mod handle;
 pub mod process;
+pub mod queue;
 #[allow(dead_code)]
 mod region;
 mod sys;
@@ -99,6 +100,7 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
 };
+pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue, TaskDoneError};
 pub use task::Run;
 
 /// Marks `main` so that it calls [`init`] first: `#[multiprocess::main] fn main() { ... }`.
