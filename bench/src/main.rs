@@ -19,6 +19,7 @@ mod stats;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
+mod w4_queue;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -27,7 +28,14 @@ use std::process::ExitCode;
 pub(crate) const RAW_EXEC_CHILD: &str = "--raw-exec-child";
 
 /// Every workload, in the order they run when none is named.
-const WORKLOADS: &[Workload] = &[w1_spawn::WORKLOAD, w2_pingpong::WORKLOAD, w3_bulk::WORKLOAD];
+const WORKLOADS: &[Workload] = &[
+    w1_spawn::WORKLOAD,
+    w2_pingpong::WORKLOAD,
+    w3_bulk::WORKLOAD,
+    w4_queue::WORKLOAD,
+    w4_queue::WORKLOAD_B,
+    w4_queue::WORKLOAD_C,
+];
 
 /// Error type of the harness: any error, with its message.
 pub(crate) type Error = Box<dyn std::error::Error>;
@@ -66,6 +74,8 @@ pub(crate) enum Metric {
     MedianUs,
     /// Throughput in GB/s, GB = 10^9 bytes (higher is better).
     GbPerS,
+    /// Throughput in messages per second (higher is better).
+    MsgsPerS,
 }
 
 impl Metric {
@@ -73,6 +83,7 @@ impl Metric {
         match self {
             Metric::MedianUs => "median_us",
             Metric::GbPerS => "gb_per_s",
+            Metric::MsgsPerS => "msgs_per_s",
         }
     }
 
@@ -80,6 +91,7 @@ impl Metric {
         match self {
             Metric::MedianUs => "us",
             Metric::GbPerS => "GB/s",
+            Metric::MsgsPerS => "msg/s",
         }
     }
 }

@@ -101,7 +101,7 @@ fn ours_receive(a: &Connection, messages: usize) -> Result<(u64, Duration)> {
 
 /// A forked child write(2)s 1 MiB buffers to a default-buffer socketpair;
 /// the parent read(2)s everything into a 1 MiB buffer.
-fn raw_socketpair(messages: usize) -> Result<f64> {
+pub(crate) fn raw_socketpair(messages: usize) -> Result<f64> {
     // Allocated before the fork: the child must not call malloc.
     let payload = vec![0xab_u8; MIB];
     let child_send = |fd: &raw::Fd| {

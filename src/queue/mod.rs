@@ -686,20 +686,28 @@ impl<T> Queue<T> {
         self.shared.ring.lock_owner(consumer)
     }
 
-    /// Test support: takes the producer lock and sleeps forever holding it.
+    /// Test support: bytes in use in the ring (published, not yet consumed).
     #[doc(hidden)]
-    pub fn __hold_producer_lock(&self) -> ! {
+    pub fn __ring_used(&self) -> usize {
+        self.shared.ring.used()
+    }
+
+    /// Test support: takes the producer lock, calls `then`, and sleeps forever holding it.
+    #[doc(hidden)]
+    pub fn __hold_producer_lock(&self, then: impl FnOnce()) -> ! {
         let _ = self.shared.ring.hold_producer_lock();
+        then();
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
 
     /// Test support: takes the consumer lock, reads the first record (the first chunk of a
-    /// large message), and sleeps forever holding the lock.
+    /// large message), calls `then`, and sleeps forever holding the lock.
     #[doc(hidden)]
-    pub fn __hold_consumer_lock_mid_message(&self) -> ! {
+    pub fn __hold_consumer_lock_mid_message(&self, then: impl FnOnce()) -> ! {
         let _ = self.shared.ring.hold_consumer_lock_mid_message();
+        then();
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }

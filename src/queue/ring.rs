@@ -136,10 +136,32 @@ struct Cons {
 #[repr(C, align(128))]
 struct Word64(AtomicU64);
 
+/// An event count: bit 0 "someone may sleep", bits 1.. an epoch (see the module docs).
 #[repr(C, align(128))]
 struct Waiters {
-    count: AtomicU32,
-    seq: AtomicU32,
+    word: AtomicU32,
+}
+
+/// Wakes the sleepers of `word`, if any: clears bit 0 and bumps the epoch in one step, so a
+/// waiter that registered before this and has not slept yet finds the word changed.
+fn notify(word: &AtomicU32) {
+    let v = word.load(Ordering::SeqCst);
+    if v & 1 != 0
+        && word
+            .compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    {
+        futex_wake(word, i32::MAX as u32);
+    }
+}
+
+/// Registers on `word`, re-checks `changed`, and sleeps at most `slice` unless it changed.
+fn sleep(word: &AtomicU32, changed: impl Fn() -> bool, slice: Duration) -> Result<(), Fail> {
+    let key = word.fetch_or(1, Ordering::SeqCst) | 1;
+    if !changed() {
+        futex_wait(word, key, Some(slice))?;
+    }
+    Ok(())
 }
 
 #[repr(C)]
@@ -426,10 +448,7 @@ impl Ring {
     fn publish(&self, tail: u32, puts: u32) {
         let h = self.hdr();
         h.tail_puts.0.swap(pack(tail, puts), Ordering::SeqCst);
-        if h.not_empty.count.load(Ordering::SeqCst) != 0 {
-            h.not_empty.seq.fetch_add(1, Ordering::SeqCst);
-            futex_wake(&h.not_empty.seq, i32::MAX as u32);
-        }
+        notify(&h.not_empty.word);
     }
 
     /// Waits (holding `prod_lock`) until consumers moved past `seen` or the queue closed.
@@ -453,15 +472,7 @@ impl Ring {
                 _ => Fail::Timeout,
             });
         };
-        h.not_full.count.fetch_add(1, Ordering::SeqCst);
-        let seq = h.not_full.seq.load(Ordering::SeqCst);
-        let r = if changed() {
-            Ok(())
-        } else {
-            futex_wait(&h.not_full.seq, seq, Some(slice)).map(|_| ())
-        };
-        h.not_full.count.fetch_sub(1, Ordering::SeqCst);
-        Ok(r?)
+        sleep(&h.not_full.word, changed, slice)
     }
 
     /// Waits until `need` bytes are free; returns the current `tail`. With `reserve`, keeps 8
@@ -631,10 +642,7 @@ impl Ring {
     fn advance(&self, head: u32, gets: u32) {
         let h = self.hdr();
         h.head_gets.0.swap(pack(head, gets), Ordering::SeqCst);
-        if h.not_full.count.load(Ordering::SeqCst) != 0 {
-            h.not_full.seq.fetch_add(1, Ordering::SeqCst);
-            futex_wake(&h.not_full.seq, i32::MAX as u32);
-        }
+        notify(&h.not_full.word);
     }
 
     /// Waits until producers moved past `seen` (or the queue closed), at most `wait`.
@@ -658,15 +666,7 @@ impl Ring {
                 _ => Fail::Timeout,
             });
         };
-        h.not_empty.count.fetch_add(1, Ordering::SeqCst);
-        let seq = h.not_empty.seq.load(Ordering::SeqCst);
-        let r = if changed() {
-            Ok(())
-        } else {
-            futex_wait(&h.not_empty.seq, seq, Some(slice)).map(|_| ())
-        };
-        h.not_empty.count.fetch_sub(1, Ordering::SeqCst);
-        Ok(r?)
+        sleep(&h.not_empty.word, changed, slice)
     }
 
     fn count_dropped(&self) {
@@ -880,12 +880,20 @@ impl Ring {
         puts.wrapping_sub(gets) as i32 as usize
     }
 
+    /// Bytes published and not yet consumed.
+    pub(crate) fn used(&self) -> usize {
+        let h = self.hdr();
+        let head = split(h.head_gets.0.load(Ordering::SeqCst)).0;
+        let tail = split(h.tail_puts.0.load(Ordering::SeqCst)).0;
+        tail.wrapping_sub(head) as usize
+    }
+
     pub(crate) fn close(&self) {
         let h = self.hdr();
         h.meta.closed.store(1, Ordering::SeqCst);
         for w in [&h.not_empty, &h.not_full] {
-            w.seq.fetch_add(1, Ordering::SeqCst);
-            futex_wake(&w.seq, i32::MAX as u32);
+            w.word.fetch_add(2, Ordering::SeqCst);
+            futex_wake(&w.word, i32::MAX as u32);
         }
     }
 
@@ -904,7 +912,7 @@ impl Ring {
     pub(crate) fn task_done_unchecked(&self) {
         let h = self.hdr();
         h.meta.done.fetch_add(1, Ordering::SeqCst);
-        if h.join.count.load(Ordering::SeqCst) != 0 {
+        if h.join.word.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.meta.done, i32::MAX as u32);
         }
     }
@@ -929,7 +937,7 @@ impl Ring {
                 Err(d) => done = d,
             }
         }
-        if h.join.count.load(Ordering::SeqCst) != 0 {
+        if h.join.word.load(Ordering::SeqCst) != 0 {
             futex_wake(&h.meta.done, i32::MAX as u32);
         }
         true
@@ -948,12 +956,12 @@ impl Ring {
             let Some(slice) = wait.slice() else {
                 return false;
             };
-            h.join.count.fetch_add(1, Ordering::SeqCst);
+            h.join.word.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
             if h.meta.done.load(Ordering::SeqCst) == done {
                 let _ = futex_wait(&h.meta.done, done, Some(slice));
             }
-            h.join.count.fetch_sub(1, Ordering::SeqCst);
+            h.join.word.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
