@@ -333,9 +333,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
+    /// use std::time::Duration;
     /// let q = multiprocess::Queue::<Vec<u8>>::with_capacity(0, 64 * 1024)?;
     /// assert_eq!(q.capacity(), 64 * 1024);
-    /// q.put(vec![7; 1 << 20]).unwrap_err(); // no consumer: 1 MiB cannot stream through
+    /// // 1 MiB streams through the 64 KiB ring only while someone reads: here nobody does.
+    /// let e = q.put_timeout(vec![7; 1 << 20], Duration::from_millis(50)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert!(q.is_empty());
     /// # Ok::<(), std::io::Error>(())
     /// ```
     #[must_use = "a queue does nothing unless used"]
@@ -865,7 +869,7 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// # Examples
     /// ```
     /// let q = multiprocess::SimpleQueue::new()?;
-    /// q.put("x").unwrap();
+    /// q.put("x".to_string()).unwrap();
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn put(&self, value: T) -> Result<(), PutError<T>> {

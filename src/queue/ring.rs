@@ -480,17 +480,23 @@ impl Ring {
     /// closes meanwhile.
     fn room(&self, tail: u32, need: u32, wait: Wait, check_closed: bool) -> Result<(), Fail> {
         let h = self.hdr();
+        let free = |hg: u64| self.cap.checked_sub(tail.wrapping_sub(split(hg).0));
         let mut hg = h.prod.cached_head_gets.load(Ordering::Relaxed);
         loop {
-            let (head, _) = split(hg);
-            if self.cap - tail.wrapping_sub(head) >= need {
+            if free(hg).is_some_and(|f| f >= need) {
                 return Ok(());
             }
             hg = h.head_gets.0.load(Ordering::Acquire);
             h.prod.cached_head_gets.store(hg, Ordering::Relaxed);
-            let (head, _) = split(hg);
-            if self.cap - tail.wrapping_sub(head) >= need {
-                return Ok(());
+            match free(hg) {
+                Some(f) if f >= need => return Ok(()),
+                Some(_) => {}
+                None => {
+                    return Err(Fail::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "queue memory is corrupted (head is past tail)",
+                    )))
+                }
             }
             if check_closed && h.meta.closed.load(Ordering::Acquire) != 0 {
                 return Err(Fail::Closed);
@@ -703,7 +709,10 @@ impl Ring {
             loop {
                 let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
                 let mut tp = h.cons.cached_tail_puts.load(Ordering::Relaxed);
-                if split(tp).0 == head {
+                // The cached tail is only a hint: stale (behind head) after another consumer
+                // moved on without refreshing it, or equal to head when nothing is known.
+                let known = split(tp).0.wrapping_sub(head);
+                if known == 0 || known > self.cap {
                     tp = h.tail_puts.0.load(Ordering::Acquire);
                     h.cons.cached_tail_puts.store(tp, Ordering::Relaxed);
                 }
