@@ -886,7 +886,7 @@ impl Ring {
         let h = self.hdr();
         let gets = split(h.head_gets.0.load(Ordering::SeqCst)).1;
         let puts = split(h.tail_puts.0.load(Ordering::SeqCst)).1;
-        puts.wrapping_sub(gets) as i32 as usize
+        (puts.wrapping_sub(gets) as i32).max(0) as usize
     }
 
     /// Bytes published and not yet consumed.
