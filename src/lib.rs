@@ -51,6 +51,35 @@
 //! `terminate`, `join`. A task's panic, or the death of its worker, is that task's
 //! [`PoolError`]; the pool replaces the worker and goes on. Handles (a `Connection`) can be
 //! task arguments.
+//! ## Queue
+//! [`Queue::new`]`(maxsize)` makes a FIFO queue that many processes [`put`](Queue::put) into
+//! and [`get`](Queue::get) from; pass it (or a clone) to children as an argument, send it
+//! through a [`Connection`] or through another queue. It is a ring in shared memory with
+//! futex waits, so a message costs no system call while nobody has to wait; `put` serializes
+//! in the caller's thread (errors come back with the value) and there is no feeder thread.
+//! A process killed in the middle of `put` or `get` does not wedge the others. The seed's
+//! `while not q.empty(): q.get()`:
+//! ```
+//! use multiprocess::{Process, Queue};
+//!
+//! fn child(q: Queue<String>) {
+//!     for word in ["a", "b", "c"] {
+//!         q.put(word.to_string()).unwrap();
+//!     }
+//! }
+//!
+//! let q = Queue::new(10)?;
+//! let mut p = Process::new(child, q.clone());
+//! p.start()?;
+//! p.join()?;
+//! let mut words = Vec::new();
+//! while !q.is_empty() {
+//!     words.push(q.get()?);
+//! }
+//! assert_eq!(words, ["a", "b", "c"]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//! [`SimpleQueue`] and [`JoinableQueue`] (`task_done`, `join`) are there too.
 //!
 //! ## Start methods
 //! [`StartMethod::Fork`], [`StartMethod::Spawn`], [`StartMethod::ForkServer`], chosen per
@@ -72,6 +101,8 @@
 //! |---|---|
 //! | run a function in another process and get its value | [`Process`] + [`join_result`](Process::join_result) |
 //! | talk both ways with one child | [`Pipe`] |
+//! | many producers and consumers, fast | [`Queue`] |
+//! | know when every queued task is processed | [`JoinableQueue`] |
 //! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
 //! | a process that dies with its parent | [`Builder::daemon`] |
 //! | pass an open file or socket to a child | [`handle::SharedFd`] |
@@ -108,6 +139,12 @@
 //! | `Value('q', 0)`, `v.get_lock()`, `v.value` | `Value::new(0i64)`, `v.lock()`, `get()`/`set()` |
 //! | `Array('d', n)`, `RawValue`, `RawArray` | `Array::<f64>::new(n)`, [`RawValue`], [`RawArray`] |
 //! | `shared_memory.SharedMemory(name, create=True, size=n)` | [`SharedMemory::create`]`(name, n)`; attach: [`SharedMemory::open`] |
+//! | `Queue(n)`, `Queue()`, `SimpleQueue()`, `JoinableQueue()` | `Queue::new(n)`, `Queue::unbounded()`, `SimpleQueue::new()`, `JoinableQueue::new(0)` |
+//! | `q.put(x)`, `q.put(x, timeout=t)`, `q.put_nowait(x)` | `put(x)`, `put_timeout(x, t)`, `put_nowait(x)` |
+//! | `q.get()`, `q.get(timeout=t)`, `q.get_nowait()` | `get()`, `get_timeout(t)`, `get_nowait()` |
+//! | `q.qsize()`, `q.empty()`, `q.full()`, `q.close()` | `qsize()`, `is_empty()`, `is_full()`, `close()` |
+//! | `queue.Full`, `queue.Empty` | [`PutError::Full`] (the value inside), [`GetError::Empty`] |
+//! | `q.task_done()`, `q.join()` | the same names on [`JoinableQueue`] |
 //! | `get_context("spawn")`, `set_start_method("fork")` | `get_context(StartMethod::Spawn)`, `set_start_method(StartMethod::Fork)` |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
 //! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
@@ -121,6 +158,7 @@ mod error;
 pub mod handle;
 pub mod pool;
 pub mod process;
+pub mod queue;
 #[allow(dead_code)]
 mod region;
 pub mod shared_memory;
@@ -139,6 +177,7 @@ pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
 };
+pub use queue::{GetError, JoinableQueue, PutError, Queue, SimpleQueue, TaskDoneError};
 pub use shared_memory::{
     Array, ArrayGuard, AtomicArray, AtomicValue, Pod, RawArray, RawValue, SharedMemory, Value,
     ValueGuard, Zeroable,

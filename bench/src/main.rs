@@ -19,6 +19,7 @@ mod stats;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
+mod w4_queue;
 mod w5_pool;
 mod w7_sync;
 
@@ -33,6 +34,9 @@ const WORKLOADS: &[Workload] = &[
     w1_spawn::WORKLOAD,
     w2_pingpong::WORKLOAD,
     w3_bulk::WORKLOAD,
+    w4_queue::WORKLOAD,
+    w4_queue::WORKLOAD_B,
+    w4_queue::WORKLOAD_C,
     w5_pool::W5,
     w5_pool::W5B,
     w5_pool::W6,
@@ -84,6 +88,8 @@ pub(crate) enum Metric {
     Seconds,
     /// Tasks completed per second (higher is better).
     TasksPerS,
+    /// Throughput in messages per second (higher is better).
+    MsgsPerS,
 }
 
 impl Metric {
@@ -94,6 +100,7 @@ impl Metric {
             Metric::NsPerOp => "ns_per_op",
             Metric::Seconds => "seconds",
             Metric::TasksPerS => "tasks_per_s",
+            Metric::MsgsPerS => "msgs_per_s",
         }
     }
 
@@ -104,6 +111,7 @@ impl Metric {
             Metric::NsPerOp => "ns",
             Metric::Seconds => "s",
             Metric::TasksPerS => "tasks/s",
+            Metric::MsgsPerS => "msg/s",
         }
     }
 }

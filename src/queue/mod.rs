@@ -1,0 +1,1039 @@
+//! `Queue`, `SimpleQueue` and `JoinableQueue`: many producer and many consumer processes, at
+//! shared-memory speed.
+//!
+//! A queue is a ring of bytes in shared memory (a memfd mapped by every process that holds the
+//! queue) with futex waits; see [`ring`](self) for its layout and protocols. `put` serializes
+//! the value in the caller's thread (postcard, as [`Connection`](crate::Connection) does) and
+//! copies it into the ring; there is no feeder thread, so a serialization error reaches the
+//! caller and a process that put data can always exit. Messages larger than a quarter of the
+//! ring stream through it in chunks. Handles inside a message (a [`Connection`], another
+//! queue, a [`SharedFd`](crate::handle::SharedFd)) travel too: their descriptors go over a
+//! Unix datagram socket owned by the queue, matched to the message by a sequence number.
+//!
+//! A queue is itself a handle: pass it to a child as (part of) the target's argument under any
+//! start method, send it through a `Connection` or through another queue, or make it part of a
+//! pool task's argument.
+//!
+//! # Robustness
+//! A process killed at any point of `put` or `get` leaves a queue that the others keep using.
+//! Each side's lock word holds its owner's pid; a waiter checks every 100 ms whether the owner
+//! is alive, and takes a dead owner's lock over. What was published before the death is whole;
+//! a message whose producer died in the middle of writing it, or whose consumer died in the
+//! middle of reading it, is dropped as a whole and counted by [`Queue::dropped`]. No call
+//! returns an error for it: the next message is delivered as usual.
+//!
+//! [`Connection`]: crate::Connection
+
+mod ring;
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::handle::{self, TrackedFd};
+use crate::region::Region;
+use crate::sys::ipc;
+use ring::{Fail, Ring, Wait};
+
+/// The default size of a queue's ring: 1 MiB.
+pub const DEFAULT_CAPACITY: usize = 1 << 20;
+
+thread_local! {
+    static OUT_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    static IN_BUF: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Keeps a scratch buffer for the next call unless it grew very large.
+fn keep(slot: &'static std::thread::LocalKey<Cell<Vec<u8>>>, mut buf: Vec<u8>) {
+    if buf.capacity() <= 4 * DEFAULT_CAPACITY {
+        buf.clear();
+        slot.with(|s| s.set(buf));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Errors
+
+/// Why a value was not put; every case gives the value back ([`into_inner`](Self::into_inner)).
+pub enum PutError<T> {
+    /// The queue is full (`put_nowait`): `maxsize` items are in it, or its ring has no room.
+    Full(T),
+    /// The queue stayed full until the timeout passed (`put_timeout`).
+    Timeout(T),
+    /// The queue was closed ([`Queue::close`]).
+    Closed(T),
+    /// The value could not be serialized; nothing was put.
+    Encode(T, String),
+    /// An operating-system error (sending the message's handles).
+    Io(T, io::Error),
+}
+
+impl<T> PutError<T> {
+    /// The value that was not put.
+    pub fn into_inner(self) -> T {
+        match self {
+            PutError::Full(v)
+            | PutError::Timeout(v)
+            | PutError::Closed(v)
+            | PutError::Encode(v, _)
+            | PutError::Io(v, _) => v,
+        }
+    }
+
+    /// Whether this is [`PutError::Full`].
+    pub fn is_full(&self) -> bool {
+        matches!(self, PutError::Full(_))
+    }
+
+    /// Whether this is [`PutError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PutError::Timeout(_))
+    }
+
+    /// Whether this is [`PutError::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, PutError::Closed(_))
+    }
+
+    fn from_fail(f: Fail, v: T) -> Self {
+        match f {
+            Fail::WouldBlock => PutError::Full(v),
+            Fail::Timeout => PutError::Timeout(v),
+            Fail::Closed => PutError::Closed(v),
+            Fail::Io(e) => PutError::Io(v, e),
+        }
+    }
+}
+
+impl<T> fmt::Debug for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("Full(..)"),
+            PutError::Timeout(_) => f.write_str("Timeout(..)"),
+            PutError::Closed(_) => f.write_str("Closed(..)"),
+            PutError::Encode(_, m) => write!(f, "Encode(.., {m:?})"),
+            PutError::Io(_, e) => write!(f, "Io(.., {e:?})"),
+        }
+    }
+}
+
+impl<T> fmt::Display for PutError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PutError::Full(_) => f.write_str("the queue is full"),
+            PutError::Timeout(_) => f.write_str("timed out waiting for room in the queue"),
+            PutError::Closed(_) => f.write_str("the queue is closed"),
+            PutError::Encode(_, m) => write!(f, "cannot put: {m}"),
+            PutError::Io(_, e) => write!(f, "queue i/o error: {e}"),
+        }
+    }
+}
+
+impl<T> std::error::Error for PutError<T> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PutError::Io(_, e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Why no value was taken.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The queue is empty (`get_nowait`): Python's `queue.Empty`.
+    Empty,
+    /// Nothing arrived before the timeout passed (`get_timeout`).
+    Timeout,
+    /// The queue was closed and everything in it has been taken.
+    Closed,
+    /// The message does not decode as the queue's type; it was consumed.
+    Decode(String),
+    /// An operating-system error, or the queue's memory is corrupted.
+    Io(io::Error),
+}
+
+impl GetError {
+    /// Whether this is [`GetError::Empty`].
+    pub fn is_empty(&self) -> bool {
+        matches!(self, GetError::Empty)
+    }
+
+    /// Whether this is [`GetError::Timeout`].
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, GetError::Timeout)
+    }
+
+    /// Whether this is [`GetError::Closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self, GetError::Closed)
+    }
+
+    fn from_fail(f: Fail) -> Self {
+        match f {
+            Fail::WouldBlock => GetError::Empty,
+            Fail::Timeout => GetError::Timeout,
+            Fail::Closed => GetError::Closed,
+            Fail::Io(e) => GetError::Io(e),
+        }
+    }
+}
+
+impl fmt::Display for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GetError::Empty => f.write_str("the queue is empty"),
+            GetError::Timeout => f.write_str("timed out waiting for a message"),
+            GetError::Closed => f.write_str("the queue is closed and empty"),
+            GetError::Decode(m) => write!(f, "cannot get: {m}"),
+            GetError::Io(e) => write!(f, "queue i/o error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for GetError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GetError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// [`JoinableQueue::task_done`] was called more times than items were put (Python's
+/// `ValueError`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDoneError;
+
+impl fmt::Display for TaskDoneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("task_done() called more times than there were items put")
+    }
+}
+
+impl std::error::Error for TaskDoneError {}
+
+// ------------------------------------------------------------------------------------------
+// Queue
+
+struct Shared {
+    ring: Ring,
+    /// The descriptor socket: everyone sends on `tx` and receives on `rx`.
+    tx: TrackedFd,
+    rx: TrackedFd,
+}
+
+/// A FIFO queue between processes, like Python's `multiprocessing.Queue`.
+///
+/// Many processes may put and get at once; every message is delivered exactly once, and the
+/// messages of one producer arrive in the order it put them. `T` is any serde type (an enum
+/// for several kinds of message); handles inside it travel too.
+///
+/// Clone a `Queue` to use it from several threads; pass it (or a clone) to a child as part of
+/// the target's argument to use it there.
+///
+/// # Capacity
+/// `maxsize` counts items, as in Python (0: no limit). Independently, the ring holds
+/// [`capacity`](Self::capacity) bytes (default [`DEFAULT_CAPACITY`]): `put` waits while the
+/// ring has no room, and `put_nowait` then returns [`PutError::Full`], even on a queue without
+/// an item limit. Messages larger than a quarter of the ring stream through it in chunks while a
+/// consumer reads them; a message of any size fits.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, Queue};
+///
+/// fn child(q: Queue<String>) {
+///     q.put("hello from the child".to_string()).unwrap();
+/// }
+///
+/// let q = Queue::new(10)?;
+/// let mut p = Process::new(child, q.clone());
+/// p.start()?;
+/// assert_eq!(q.get()?, "hello from the child");
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Queue<T> {
+    shared: Arc<Shared>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            shared: self.shared.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("qsize", &self.qsize())
+            .field("maxsize", &self.maxsize())
+            .field("capacity", &self.capacity())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue of at most `maxsize` items (0: no item limit, as in Python), with a ring of
+    /// [`DEFAULT_CAPACITY`] bytes.
+    ///
+    /// # Errors
+    /// When shared memory or a socket cannot be created (out of memory or descriptors), or
+    /// `maxsize` exceeds `i32::MAX`.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<u32>::new(2)?;
+    /// q.put(1).unwrap();
+    /// q.put(2).unwrap();
+    /// assert!(q.is_full());
+    /// assert_eq!(q.put_nowait(3).unwrap_err().into_inner(), 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "a queue does nothing unless used"]
+    pub fn new(maxsize: usize) -> io::Result<Queue<T>> {
+        Self::with_capacity(maxsize, DEFAULT_CAPACITY)
+    }
+
+    /// A queue without an item limit (Python's `Queue()`).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<String>::unbounded()?;
+    /// assert!(!q.is_full());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "a queue does nothing unless used"]
+    pub fn unbounded() -> io::Result<Queue<T>> {
+        Self::new(0)
+    }
+
+    /// A queue of at most `maxsize` items (0: no limit) whose ring holds `bytes` bytes
+    /// (rounded up to a power of two, at least 4 KiB, at most 1 GiB).
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::Queue::<Vec<u8>>::with_capacity(0, 64 * 1024)?;
+    /// assert_eq!(q.capacity(), 64 * 1024);
+    /// // 1 MiB streams through the 64 KiB ring only while someone reads: here nobody does.
+    /// let e = q.put_timeout(vec![7; 1 << 20], Duration::from_millis(50)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert!(q.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "a queue does nothing unless used"]
+    pub fn with_capacity(maxsize: usize, bytes: usize) -> io::Result<Queue<T>> {
+        let maxsize = u32::try_from(maxsize)
+            .ok()
+            .filter(|m| *m <= i32::MAX as u32)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "maxsize is larger than i32::MAX",
+                )
+            })?;
+        let ring = Ring::create(bytes, maxsize)?;
+        let (tx, rx) = ipc::dgram_pair()?;
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                ring,
+                tx: TrackedFd::new(tx),
+                rx: TrackedFd::new(rx),
+            }),
+            _t: PhantomData,
+        })
+    }
+
+    fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
+        let buf = OUT_BUF.with(Cell::take);
+        let enc = match handle::encode_into(&value, buf) {
+            Ok(enc) => enc,
+            Err(e) => return Err(PutError::Encode(value, e.0)),
+        };
+        let ring = &self.shared.ring;
+        let result = if enc.fds.is_empty() {
+            ring.put(&enc.bytes, None, wait)
+        } else {
+            // SAFETY: `value` is alive for this whole call, so its descriptors stay open.
+            #[allow(unsafe_code)]
+            let fds = unsafe { handle::borrow_all(&enc.fds) };
+            let tx = self.shared.tx.as_fd();
+            let mut send = |seq: u64, wait: Wait| -> Result<(), Fail> {
+                loop {
+                    match ipc::send_dgram(tx, &seq.to_le_bytes(), &fds) {
+                        Ok(()) => return Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let Some(slice) = wait.slice() else {
+                                return Err(match wait {
+                                    Wait::Now => Fail::WouldBlock,
+                                    _ => Fail::Timeout,
+                                });
+                            };
+                            ipc::poll_writable(tx, slice)?;
+                        }
+                        Err(e) => return Err(Fail::Io(e)),
+                    }
+                }
+            };
+            ring.put(&enc.bytes, Some(&mut send), wait)
+        };
+        keep(&OUT_BUF, enc.bytes);
+        result.map_err(|f| PutError::from_fail(f, value))
+    }
+
+    fn get_with(&self, wait: Wait) -> Result<T, GetError> {
+        let mut buf = IN_BUF.with(Cell::take);
+        let mut fds = Vec::new();
+        let rx = self.shared.rx.as_fd();
+        let mut recv = |seq: u64, fds: &mut Vec<OwnedFd>| recv_fds(rx, seq, fds);
+        let taken = self.shared.ring.get(&mut buf, &mut fds, &mut recv, wait);
+        let result = match taken {
+            Ok(()) => handle::decode(&buf, fds).map_err(|e| GetError::Decode(e.0)),
+            Err(f) => Err(GetError::from_fail(f)),
+        };
+        keep(&IN_BUF, buf);
+        result
+    }
+
+    /// Puts `value`, waiting while the queue is full.
+    ///
+    /// # Errors
+    /// [`PutError::Closed`] after [`close`](Self::close); [`PutError::Encode`] when the value
+    /// does not serialize. The value comes back in the error.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// q.put((1, "one".to_string())).unwrap();
+    /// assert_eq!(q.get().unwrap(), (1, "one".to_string()));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_with(value, Wait::Forever)
+    }
+
+    /// Puts `value`, waiting at most `timeout` for room.
+    ///
+    /// A message larger than a quarter of the ring that has started to stream is abandoned
+    /// (consumers discard its start) when the timeout passes, and the value comes back.
+    ///
+    /// # Errors
+    /// [`PutError::Timeout`] when there was no room in time; otherwise as [`put`](Self::put).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::Queue::new(1)?;
+    /// q.put_timeout('a', Duration::from_millis(10)).unwrap();
+    /// let e = q.put_timeout('b', Duration::from_millis(10)).unwrap_err();
+    /// assert!(e.is_timeout());
+    /// assert_eq!(e.into_inner(), 'b');
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put_timeout(&self, value: T, timeout: Duration) -> Result<(), PutError<T>> {
+        self.put_with(value, Wait::Until(Instant::now() + timeout))
+    }
+
+    /// Puts `value` if there is room now (Python's `put_nowait`).
+    ///
+    /// "Now" includes waiting for another producer that is in the middle of a put; a message
+    /// large enough to stream in chunks is finished once its first chunk is in.
+    ///
+    /// # Errors
+    /// [`PutError::Full`] with the value when the queue is full; otherwise as
+    /// [`put`](Self::put).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(1)?;
+    /// q.put_nowait(1).unwrap();
+    /// assert!(q.put_nowait(2).unwrap_err().is_full());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put_nowait(&self, value: T) -> Result<(), PutError<T>> {
+        self.put_with(value, Wait::Now)
+    }
+
+    /// Takes the next message, waiting until one arrives.
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] when the queue is closed and empty; [`GetError::Decode`] when the
+    /// message is not a `T` (it is consumed).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// q.put(vec![1.5, 2.5]).unwrap();
+    /// assert_eq!(q.get().unwrap(), [1.5, 2.5]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get(&self) -> Result<T, GetError> {
+        self.get_with(Wait::Forever)
+    }
+
+    /// Takes the next message, waiting at most `timeout`.
+    ///
+    /// A message whose first chunk was already taken is read to its end, even past the timeout,
+    /// while its producer is alive.
+    ///
+    /// # Errors
+    /// [`GetError::Timeout`] when nothing arrived in time; otherwise as [`get`](Self::get).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::Queue::<u8>::new(0)?;
+    /// assert!(q.get_timeout(Duration::from_millis(20)).unwrap_err().is_timeout());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, GetError> {
+        self.get_with(Wait::Until(Instant::now() + timeout))
+    }
+
+    /// Takes the next message if there is one now (Python's `get_nowait`).
+    ///
+    /// # Errors
+    /// [`GetError::Empty`] at once when there is none (or another consumer is in the middle of
+    /// taking one); otherwise as [`get`](Self::get).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// assert!(q.get_nowait().unwrap_err().is_empty());
+    /// q.put("x".to_string()).unwrap();
+    /// assert_eq!(q.get_nowait().unwrap(), "x");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get_nowait(&self) -> Result<T, GetError> {
+        self.get_with(Wait::Now)
+    }
+
+    /// A blocking iterator: yields messages until the queue is closed and empty (or a `get`
+    /// fails).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// for i in 0..3 { q.put(i).unwrap(); }
+    /// q.close();
+    /// assert_eq!(q.iter().collect::<Vec<i32>>(), [0, 1, 2]);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter { q: self }
+    }
+
+    /// A draining iterator: yields the messages that are there now, without waiting, and ends
+    /// when the queue is empty.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// q.put('a').unwrap();
+    /// q.put('b').unwrap();
+    /// assert_eq!(q.drain().collect::<String>(), "ab");
+    /// assert!(q.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn drain(&self) -> Drain<'_, T> {
+        Drain { q: self }
+    }
+}
+
+impl<T> Queue<T> {
+    /// The number of messages in the queue (Python's `qsize`): exact when no `put` or `get` is
+    /// in flight. A streamed message counts once its last chunk is in.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// q.put(1u8).unwrap();
+    /// q.put(2u8).unwrap();
+    /// assert_eq!(q.qsize(), 2);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn qsize(&self) -> usize {
+        self.shared.ring.qsize()
+    }
+
+    /// Whether the queue holds no message (Python's `empty`).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<u8>::new(0)?;
+    /// assert!(q.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.qsize() == 0
+    }
+
+    /// Whether the queue holds `maxsize` items (Python's `full`); always false without an item
+    /// limit.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(1)?;
+    /// q.put(()).unwrap();
+    /// assert!(q.is_full());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "full")]
+    pub fn is_full(&self) -> bool {
+        let max = self.shared.ring.maxsize();
+        max != 0 && self.qsize() >= max as usize
+    }
+
+    /// The item limit (0: none).
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::Queue::<u8>::new(5)?.maxsize(), 5);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn maxsize(&self) -> usize {
+        self.shared.ring.maxsize() as usize
+    }
+
+    /// The size of the ring in bytes.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::Queue::<u8>::new(0)?.capacity(), multiprocess::queue::DEFAULT_CAPACITY);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn capacity(&self) -> usize {
+        self.shared.ring.capacity()
+    }
+
+    /// Closes the queue for every process: later puts fail with [`PutError::Closed`], gets
+    /// take what is left and then fail with [`GetError::Closed`]; waiting puts and gets wake up.
+    /// (Python's `close` only concerns the calling process's feeder thread, which this crate
+    /// does not have.)
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::new(0)?;
+    /// q.put(1).unwrap();
+    /// q.close();
+    /// assert!(q.put(2).unwrap_err().is_closed());
+    /// assert_eq!(q.get().unwrap(), 1);
+    /// assert!(q.get().unwrap_err().is_closed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.shared.ring.close();
+    }
+
+    /// Whether [`close`](Self::close) was called (by any process).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::Queue::<u8>::new(0)?;
+    /// q.close();
+    /// assert!(q.is_closed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.shared.ring.is_closed()
+    }
+
+    /// How many messages were dropped because a process died in the middle of putting or
+    /// taking them (counted by the queue, across all processes). Such a message is dropped as a
+    /// whole: never delivered in part.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::Queue::<u8>::new(0)?.dropped(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn dropped(&self) -> u64 {
+        self.shared.ring.dropped() as u64
+    }
+
+    /// How many times a process took over a lock of this queue from a dead owner.
+    ///
+    /// # Examples
+    /// ```
+    /// assert_eq!(multiprocess::Queue::<u8>::new(0)?.recoveries(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn recoveries(&self) -> u64 {
+        self.shared.ring.recovered() as u64
+    }
+
+    /// Test support: the pid holding the consumer (`true`) or producer lock.
+    #[doc(hidden)]
+    pub fn __lock_owner(&self, consumer: bool) -> Option<u32> {
+        self.shared.ring.lock_owner(consumer)
+    }
+
+    /// Test support: bytes in use in the ring (published, not yet consumed).
+    #[doc(hidden)]
+    pub fn __ring_used(&self) -> usize {
+        self.shared.ring.used()
+    }
+
+    /// Test support: takes the producer lock, calls `then`, and sleeps forever holding it.
+    #[doc(hidden)]
+    pub fn __hold_producer_lock(&self, then: impl FnOnce()) -> ! {
+        let _ = self.shared.ring.hold_producer_lock();
+        then();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+
+    /// Test support: takes the consumer lock, reads the first record (the first chunk of a
+    /// large message), calls `then`, and sleeps forever holding the lock.
+    #[doc(hidden)]
+    pub fn __hold_consumer_lock_mid_message(&self, then: impl FnOnce()) -> ! {
+        let _ = self.shared.ring.hold_consumer_lock_mid_message();
+        then();
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Takes the descriptors of message `want` from the datagram socket (under the consumer lock).
+fn recv_fds(rx: BorrowedFd<'_>, want: u64, fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
+    let mut b = [0u8; 8];
+    loop {
+        let Some(n) = ipc::peek_dgram(rx, &mut b)? else {
+            return Ok(false);
+        };
+        let seq = u64::from_le_bytes(b);
+        if n == 8 && seq == want {
+            ipc::recv_dgram(rx, &mut b, fds)?;
+            return Ok(true);
+        }
+        if n != 8 || seq < want {
+            // Sent by a producer that died before publishing its message.
+            ipc::recv_dgram(rx, &mut b, &mut Vec::new())?;
+            continue;
+        }
+        // Ours was taken by a consumer that died before finishing this message.
+        return Ok(false);
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        struct Fd<'a>(BorrowedFd<'a>);
+        impl Serialize for Fd<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                handle::serialize_borrowed(self.0, serializer)
+            }
+        }
+        let mut t = serializer.serialize_tuple(3)?;
+        t.serialize_element(self.shared.ring.region())?;
+        t.serialize_element(&Fd(self.shared.tx.as_fd()))?;
+        t.serialize_element(&Fd(self.shared.rx.as_fd()))?;
+        t.end()
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire(
+            Region,
+            #[serde(with = "handle::fd")] OwnedFd,
+            #[serde(with = "handle::fd")] OwnedFd,
+        );
+        let Wire(region, tx, rx) = Wire::deserialize(deserializer)?;
+        let ring = Ring::open(region).map_err(serde::de::Error::custom)?;
+        Ok(Queue {
+            shared: Arc::new(Shared {
+                ring,
+                tx: TrackedFd::new(tx),
+                rx: TrackedFd::new(rx),
+            }),
+            _t: PhantomData,
+        })
+    }
+}
+
+/// The blocking iterator of [`Queue::iter`].
+#[derive(Debug)]
+pub struct Iter<'a, T> {
+    q: &'a Queue<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for Iter<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.q.get().ok()
+    }
+}
+
+impl<'a, T: Serialize + DeserializeOwned> IntoIterator for &'a Queue<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+/// The non-blocking iterator of [`Queue::drain`].
+#[derive(Debug)]
+pub struct Drain<'a, T> {
+    q: &'a Queue<T>,
+}
+
+impl<T: Serialize + DeserializeOwned> Iterator for Drain<'_, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        self.q.get_nowait().ok()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// SimpleQueue
+
+/// An unbounded queue with only `put`, `get`, `is_empty` and `close`, like Python's
+/// `multiprocessing.SimpleQueue`. It is a [`Queue`] underneath, with the same speed and
+/// robustness.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Process, SimpleQueue};
+///
+/// fn child(q: SimpleQueue<u64>) {
+///     q.put(42).unwrap();
+/// }
+///
+/// let q = SimpleQueue::new()?;
+/// let mut p = Process::new(child, q.clone());
+/// p.start()?;
+/// assert_eq!(q.get()?, 42);
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SimpleQueue<T>(#[serde(bound = "")] Queue<T>);
+
+impl<T> Clone for SimpleQueue<T> {
+    fn clone(&self) -> Self {
+        SimpleQueue(self.0.clone())
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
+    /// A new, empty queue.
+    ///
+    /// # Errors
+    /// As [`Queue::new`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::SimpleQueue::<u8>::new()?;
+    /// assert!(q.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "a queue does nothing unless used"]
+    pub fn new() -> io::Result<SimpleQueue<T>> {
+        Queue::unbounded().map(SimpleQueue)
+    }
+
+    /// Puts `value`, waiting while the ring has no room.
+    ///
+    /// # Errors
+    /// As [`Queue::put`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::SimpleQueue::new()?;
+    /// q.put("x".to_string()).unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn put(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put(value)
+    }
+
+    /// Takes the next message, waiting until one arrives.
+    ///
+    /// # Errors
+    /// As [`Queue::get`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::SimpleQueue::new()?;
+    /// q.put(3).unwrap();
+    /// assert_eq!(q.get().unwrap(), 3);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn get(&self) -> Result<T, GetError> {
+        self.0.get()
+    }
+
+    /// Whether the queue holds no message (Python's `empty`).
+    ///
+    /// # Examples
+    /// ```
+    /// assert!(multiprocess::SimpleQueue::<u8>::new()?.is_empty());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(alias = "empty")]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Closes the queue (see [`Queue::close`]).
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::SimpleQueue::<u8>::new()?;
+    /// q.close();
+    /// assert!(q.get().unwrap_err().is_closed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// JoinableQueue
+
+/// A [`Queue`] that also counts unfinished tasks, like Python's
+/// `multiprocessing.JoinableQueue`: every `put` adds one, [`task_done`](Self::task_done)
+/// removes one, and [`join`](Self::join) waits until none is left. All of [`Queue`]'s methods
+/// are available on it.
+///
+/// A message dropped because a process died in the middle of it (see [`Queue::dropped`]) counts
+/// as done.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{JoinableQueue, Process};
+///
+/// fn worker(q: JoinableQueue<u32>) {
+///     while let Ok(n) = q.get() {
+///         let _ = n * 2;
+///         q.task_done().unwrap();
+///     }
+/// }
+///
+/// let q = JoinableQueue::new(0)?;
+/// let mut p = Process::builder().daemon(true).start(worker, q.clone())?;
+/// for n in 0..10 {
+///     q.put(n).unwrap();
+/// }
+/// q.join(); // every task is done
+/// q.close();
+/// p.join()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JoinableQueue<T>(#[serde(bound = "")] Queue<T>);
+
+impl<T> Clone for JoinableQueue<T> {
+    fn clone(&self) -> Self {
+        JoinableQueue(self.0.clone())
+    }
+}
+
+impl<T> std::ops::Deref for JoinableQueue<T> {
+    type Target = Queue<T>;
+    fn deref(&self) -> &Queue<T> {
+        &self.0
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
+    /// A queue of at most `maxsize` items (0: no limit).
+    ///
+    /// # Errors
+    /// As [`Queue::new`].
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::JoinableQueue::<u8>::new(0)?;
+    /// q.join(); // nothing put: returns at once
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use = "a queue does nothing unless used"]
+    pub fn new(maxsize: usize) -> io::Result<JoinableQueue<T>> {
+        Queue::new(maxsize).map(JoinableQueue)
+    }
+}
+
+impl<T> JoinableQueue<T> {
+    /// Marks one task taken from the queue as finished.
+    ///
+    /// # Errors
+    /// [`TaskDoneError`] when called more times than items were put.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::JoinableQueue::new(0)?;
+    /// q.put(1).unwrap();
+    /// q.get().unwrap();
+    /// q.task_done().unwrap();
+    /// assert!(q.task_done().is_err());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn task_done(&self) -> Result<(), TaskDoneError> {
+        if self.0.shared.ring.task_done() {
+            Ok(())
+        } else {
+            Err(TaskDoneError)
+        }
+    }
+
+    /// Waits until every item ever put has been marked done.
+    ///
+    /// # Examples
+    /// ```
+    /// let q = multiprocess::JoinableQueue::new(0)?;
+    /// q.put('a').unwrap();
+    /// q.get().unwrap();
+    /// q.task_done().unwrap();
+    /// q.join();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn join(&self) {
+        self.0.shared.ring.join(None);
+    }
+
+    /// As [`join`](Self::join), waiting at most `timeout`; whether every item is done.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let q = multiprocess::JoinableQueue::new(0)?;
+    /// q.put('a').unwrap();
+    /// assert!(!q.join_timeout(Duration::from_millis(10)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        self.0.shared.ring.join(Some(Instant::now() + timeout))
+    }
+}

@@ -1,0 +1,1010 @@
+//! The shared-memory ring under every queue, and its wake-up and recovery protocols.
+//!
+//! # Layout (version 1)
+//! One memfd [`Region`]: a 4096-byte header, then the ring of `capacity` bytes (a power of
+//! two). Fields that different roles write sit in different 128-byte slots, so a producer and
+//! a consumer do not steal each other's cache lines:
+//!
+//! ```text
+//! offset  field                       written by
+//! 0       magic "MPQ1", version 1     creator (checked when a copy is mapped)
+//! 8       capacity (bytes), maxsize   creator (maxsize in items, 0 = unbounded)
+//! 16      closed, dropped, recovered  anyone (flags and statistics)
+//! 28      done                        consumers (task_done count; futex word of join)
+//! 128     prod_lock, prod_streaming,  the producer holding prod_lock
+//!         cached_head_gets, fd_seq
+//! 256     tail_puts (u64)             the producer holding prod_lock
+//! 384     cons_lock, cons_state,      the consumer holding cons_lock
+//!         cached_tail_puts
+//! 512     head_gets (u64)             the consumer holding cons_lock
+//! 640     get_waiters, ne_seq         "not empty" futex: waiting consumers
+//! 768     put_waiters, nf_seq         "not full" futex: waiting producers
+//! 896     join_waiters                JoinableQueue::join
+//! 4096    ring bytes
+//! ```
+//!
+//! Positions are `u32` byte counters that wrap; `tail - head` (wrapping) is the bytes in use.
+//! `tail_puts` packs the tail with the count of complete messages ever put (high half), and
+//! `head_gets` the head with the count of complete messages ever taken, so one atomic store
+//! publishes both and `qsize = puts - gets` is exact whenever the queue is quiet, whoever dies.
+//!
+//! # Records
+//! Each record starts 8-aligned with an 8-byte header `len: u32, kind: u8, flags: u8, 0: u16`,
+//! followed by `len` bytes padded to 8; records wrap around the ring end. Kinds: `WHOLE` (a
+//! complete message), `FIRST`/`MIDDLE`/`LAST` (a message larger than a quarter of the ring,
+//! streamed in chunks), `ABORT` (the stream that was open is abandoned). With flag `FDS` the
+//! body of `WHOLE`/`FIRST` starts with a `u64` sequence number: the message's descriptors
+//! travel as one datagram, carrying that number, over the queue's Unix datagram socket, sent
+//! before the record is published; consumers skip older datagrams (their producer died) and
+//! drop a message whose datagram is gone (its consumer died after taking it).
+//!
+//! # Locks and roles
+//! Two locks: producers serialize on `prod_lock` (one producer writes at a time; a streamed
+//! message holds it to its end, so chunks of two messages never interleave), consumers on
+//! `cons_lock`. With one producer and one consumer each lock stays in its owner's cache. A lock
+//! word holds the owner's pid (bit 31: someone sleeps on it). A waiter sleeps on the word with a
+//! futex for at most 100 ms at a time; when it wakes with the lock still taken, it checks whether
+//! the owner is alive (`kill(pid, 0)`, and not a zombie) and, if not, takes the lock over with a
+//! compare-and-swap and repairs: a producer clears `prod_streaming` (bytes the dead producer
+//! wrote beyond `tail` were never published, so they do not exist); a consumer that finds
+//! `cons_state == READING` sets `SKIPPING`, so the rest of the dead consumer's half-read message
+//! is skipped up to its `LAST` record. A lock is only released after `tail` / `head` are
+//! published, so whatever a dead holder left published is whole.
+//!
+//! A consumer that is reading a streamed message and finds the ring empty checks
+//! `prod_streaming` then `tail` (both acquire): if the stream is no longer open and nothing
+//! new arrived, its producer died (or was taken over) mid-message, and the partial message is
+//! discarded. Every discarded message counts in `dropped` (see `Queue::dropped`).
+//!
+//! # Wake-up protocol and orderings
+//! A consumer that finds the ring empty spins briefly, then registers in `get_waiters`
+//! (SeqCst RMW), reads `ne_seq`, re-reads `tail_puts` and `closed` (SeqCst), and sleeps on
+//! `ne_seq` only if nothing changed. A producer publishes with `tail_puts.swap(SeqCst)`, then
+//! reads `get_waiters` (SeqCst); if non-zero it bumps `ne_seq` and wakes all sleepers. All four
+//! operations are in the single SeqCst order: either the consumer's re-read sees the new tail,
+//! or the producer's read of `get_waiters` sees the registration and its bump of `ne_seq` makes
+//! the futex wait return at once. The same holds, mirrored, for producers waiting for room
+//! (`put_waiters`, `nf_seq`, `head_gets`), and `close` bumps both sequence words. The swap is a
+//! release, so record bytes written before it are visible to whoever acquires the new tail;
+//! consumers read record bytes only after an acquire load of `tail_puts` (or of `cons_lock`,
+//! after a consumer that made that load released it). While nobody waits, a message costs no
+//! syscall: two uncontended lock operations, one swap and one load on each side.
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::region::Region;
+use crate::sys::ipc;
+use crate::sys::shm::{futex_wait, futex_wake, Woken};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 4096;
+/// The smallest and largest ring, in bytes.
+pub(crate) const MIN_CAPACITY: usize = 4096;
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
+
+const REC: u32 = 8;
+const WHOLE: u8 = 1;
+const FIRST: u8 = 2;
+const MIDDLE: u8 = 3;
+const LAST: u8 = 4;
+const ABORT: u8 = 5;
+const FLAG_FDS: u8 = 1;
+
+const IDLE: u32 = 0;
+const READING: u32 = 1;
+const SKIPPING: u32 = 2;
+
+const CONTENDED: u32 = 1 << 31;
+/// How long a waiter sleeps before it checks that the lock's owner is alive.
+const TICK: Duration = Duration::from_millis(100);
+/// Busy checks before a futex sleep.
+const SPIN: u32 = 200;
+
+#[repr(C, align(128))]
+struct Meta {
+    magic: AtomicU32,
+    version: AtomicU32,
+    capacity: AtomicU32,
+    maxsize: AtomicU32,
+    closed: AtomicU32,
+    dropped: AtomicU32,
+    recovered: AtomicU32,
+    done: AtomicU32,
+}
+
+#[repr(C, align(128))]
+struct Prod {
+    lock: AtomicU32,
+    streaming: AtomicU32,
+    cached_head_gets: AtomicU64,
+    fd_seq: AtomicU64,
+}
+
+#[repr(C, align(128))]
+struct Cons {
+    lock: AtomicU32,
+    state: AtomicU32,
+    cached_tail_puts: AtomicU64,
+}
+
+#[repr(C, align(128))]
+struct Word64(AtomicU64);
+
+/// An event count: bit 0 "someone may sleep", bits 1.. an epoch (see the module docs).
+#[repr(C, align(128))]
+struct Waiters {
+    word: AtomicU32,
+}
+
+/// Wakes the sleepers of `word`, if any: clears bit 0 and bumps the epoch in one step, so a
+/// waiter that registered before this and has not slept yet finds the word changed.
+fn notify(word: &AtomicU32) {
+    let v = word.load(Ordering::SeqCst);
+    if v & 1 != 0
+        && word
+            .compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    {
+        futex_wake(word, i32::MAX as u32);
+    }
+}
+
+/// Registers on `word`, re-checks `changed`, and sleeps at most `slice` unless it changed.
+fn sleep(word: &AtomicU32, changed: impl Fn() -> bool, slice: Duration) -> Result<(), Fail> {
+    let key = word.fetch_or(1, Ordering::SeqCst) | 1;
+    if !changed() {
+        futex_wait(word, key, Some(slice))?;
+    }
+    Ok(())
+}
+
+#[repr(C)]
+struct Header {
+    meta: Meta,
+    prod: Prod,
+    tail_puts: Word64,
+    cons: Cons,
+    head_gets: Word64,
+    not_empty: Waiters,
+    not_full: Waiters,
+    join: Waiters,
+}
+
+const _: () = {
+    assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+    assert!(std::mem::offset_of!(Header, prod) == 128);
+    assert!(std::mem::offset_of!(Header, tail_puts) == 256);
+    assert!(std::mem::offset_of!(Header, cons) == 384);
+    assert!(std::mem::offset_of!(Header, head_gets) == 512);
+    assert!(std::mem::offset_of!(Header, not_empty) == 640);
+    assert!(std::mem::offset_of!(Header, not_full) == 768);
+    assert!(std::mem::offset_of!(Header, join) == 896);
+};
+
+fn split(x: u64) -> (u32, u32) {
+    (x as u32, (x >> 32) as u32)
+}
+
+fn pack(pos: u32, count: u32) -> u64 {
+    (pos as u64) | ((count as u64) << 32)
+}
+
+fn pad8(n: u32) -> u32 {
+    (n + 7) & !7
+}
+
+/// How long an operation may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    Now,
+    Forever,
+    Until(Instant),
+}
+
+impl Wait {
+    /// The next sleep: at most [`TICK`], `None` when the time is up.
+    pub(crate) fn slice(&self) -> Option<Duration> {
+        match self {
+            Wait::Now => None,
+            Wait::Forever => Some(TICK),
+            Wait::Until(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(TICK))
+            }
+        }
+    }
+}
+
+/// Why a ring operation did not complete.
+#[derive(Debug)]
+pub(crate) enum Fail {
+    /// Would have to wait, and the caller did not want to (`Full` / `Empty`).
+    WouldBlock,
+    Timeout,
+    Closed,
+    Io(io::Error),
+}
+
+impl From<io::Error> for Fail {
+    fn from(e: io::Error) -> Self {
+        Fail::Io(e)
+    }
+}
+
+/// A mapped queue ring.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    region: Region,
+    cap: u32,
+    maxsize: u32,
+}
+
+/// Releases a lock word when dropped.
+struct Held<'a>(&'a AtomicU32);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        unlock(self.0);
+    }
+}
+
+fn unlock(word: &AtomicU32) {
+    if word.swap(0, Ordering::Release) & CONTENDED != 0 {
+        futex_wake(word, 1);
+    }
+}
+
+/// Takes an owner-pid lock; `Ok(true)` when it was taken over from a dead owner.
+fn lock(word: &AtomicU32, me: u32, wait: Wait) -> Result<bool, Fail> {
+    let cas = |from: u32, to: u32| {
+        word.compare_exchange(from, to, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    };
+    if cas(0, me) {
+        return Ok(false);
+    }
+    for _ in 0..SPIN {
+        std::hint::spin_loop();
+        if word.load(Ordering::Relaxed) == 0 && cas(0, me) {
+            return Ok(false);
+        }
+    }
+    loop {
+        let v = word.load(Ordering::Relaxed);
+        if v == 0 {
+            // Others may sleep on it too: keep the flag so our unlock wakes the next.
+            if cas(0, me | CONTENDED) {
+                return Ok(false);
+            }
+            continue;
+        }
+        if v & CONTENDED == 0
+            && word
+                .compare_exchange(v, v | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        let Some(slice) = wait.slice() else {
+            return Err(match wait {
+                Wait::Now => Fail::WouldBlock,
+                _ => Fail::Timeout,
+            });
+        };
+        if futex_wait(word, v | CONTENDED, Some(slice))? == Woken::TimedOut {
+            let owner = v & !CONTENDED;
+            if owner != me && !ipc::pid_alive(owner) && cas(v | CONTENDED, me | CONTENDED) {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+impl Ring {
+    /// A new ring of `capacity` bytes (a power of two within bounds), at most `maxsize` items
+    /// (0: no item limit).
+    pub(crate) fn create(capacity: usize, maxsize: u32) -> io::Result<Ring> {
+        let cap = capacity
+            .clamp(MIN_CAPACITY, MAX_CAPACITY)
+            .next_power_of_two();
+        let region = Region::new("multiprocess-queue", HEADER_LEN + cap)?;
+        let ring = Ring {
+            region,
+            cap: cap as u32,
+            maxsize,
+        };
+        let m = &ring.hdr().meta;
+        m.capacity.store(cap as u32, Ordering::Relaxed);
+        m.maxsize.store(maxsize, Ordering::Relaxed);
+        m.version.store(VERSION, Ordering::Relaxed);
+        m.magic.store(MAGIC, Ordering::Release);
+        Ok(ring)
+    }
+
+    /// Checks and adopts a region that arrived as part of a queue handle.
+    pub(crate) fn open(region: Region) -> Result<Ring, String> {
+        if region.len() < HEADER_LEN + MIN_CAPACITY {
+            return Err("the shared memory is too small to be a queue".into());
+        }
+        // SAFETY: as in `hdr`; the length was checked.
+        let h = unsafe { &*(region.as_ptr() as *const Header) };
+        let magic = h.meta.magic.load(Ordering::Acquire);
+        let version = h.meta.version.load(Ordering::Relaxed);
+        let cap = h.meta.capacity.load(Ordering::Relaxed);
+        if magic != MAGIC {
+            return Err(format!(
+                "the shared memory is not a queue (magic {magic:#010x})"
+            ));
+        }
+        if version != VERSION {
+            return Err(format!(
+                "queue layout version {version}, this build knows {VERSION}"
+            ));
+        }
+        if !cap.is_power_of_two() || HEADER_LEN + cap as usize != region.len() {
+            return Err(format!("queue capacity {cap} does not match its memory"));
+        }
+        let maxsize = h.meta.maxsize.load(Ordering::Relaxed);
+        Ok(Ring {
+            region,
+            cap,
+            maxsize,
+        })
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    fn hdr(&self) -> &Header {
+        // SAFETY: the region is at least HEADER_LEN bytes, page-aligned (≥ 128), shared memory
+        // that lives as long as `self`; every field is an atomic (valid for any bit pattern,
+        // including the zeroes of a fresh memfd) and is only accessed atomically.
+        unsafe { &*(self.region.as_ptr() as *const Header) }
+    }
+
+    /// The ring's size in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+
+    /// The item limit (0: none).
+    pub(crate) fn maxsize(&self) -> u32 {
+        self.maxsize
+    }
+
+    /// Largest record written whole; larger messages are streamed in chunks of this size.
+    fn max_record(&self) -> u32 {
+        self.cap / 4
+    }
+
+    fn write_bytes(&self, pos: u32, data: &[u8]) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = data.len().min(self.cap as usize - off);
+        // SAFETY: `off + first <= cap` and `data.len() - first <= cap` (records are never
+        // larger than the ring), so both copies stay inside the ring; the bytes lie between
+        // tail and head + capacity, which only the producer holding `prod_lock` touches.
+        unsafe {
+            let base = self.region.as_ptr().add(HEADER_LEN);
+            std::ptr::copy_nonoverlapping(data.as_ptr(), base.add(off), first);
+            std::ptr::copy_nonoverlapping(data.as_ptr().add(first), base, data.len() - first);
+        }
+    }
+
+    fn read_bytes(&self, pos: u32, len: usize, out: &mut Vec<u8>) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let first = len.min(self.cap as usize - off);
+        out.reserve(len);
+        // SAFETY: as in `write_bytes`, inside the ring; the bytes lie between head and an
+        // acquired tail, which no producer writes until the consumer holding `cons_lock`
+        // moves head past them. `out` has room for `len` more bytes (reserved).
+        unsafe {
+            let base = self.region.as_ptr().add(HEADER_LEN);
+            let dst = out.as_mut_ptr().add(out.len());
+            std::ptr::copy_nonoverlapping(base.add(off), dst, first);
+            std::ptr::copy_nonoverlapping(base, dst.add(first), len - first);
+            out.set_len(out.len() + len);
+        }
+    }
+
+    fn read_u64(&self, pos: u32) -> u64 {
+        let mut b = Vec::with_capacity(8);
+        self.read_bytes(pos, 8, &mut b);
+        u64::from_le_bytes(b.try_into().unwrap_or_default())
+    }
+
+    fn write_header(&self, pos: u32, len: u32, kind: u8, flags: u8) {
+        let mut h = [0u8; 8];
+        h[0..4].copy_from_slice(&len.to_le_bytes());
+        h[4] = kind;
+        h[5] = flags;
+        self.write_bytes(pos, &h);
+    }
+
+    fn read_header(&self, pos: u32) -> (u32, u8, u8) {
+        let off = (pos & (self.cap - 1)) as usize;
+        let mut h = [0u8; 8];
+        // SAFETY: headers are 8-aligned and the ring size is a multiple of 8, so the 8 bytes
+        // never wrap; in bounds; published (see `read_bytes`).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.region.as_ptr().add(HEADER_LEN + off),
+                h.as_mut_ptr(),
+                8,
+            )
+        };
+        (u32::from_le_bytes([h[0], h[1], h[2], h[3]]), h[4], h[5])
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Producer side
+
+    fn publish(&self, tail: u32, puts: u32) {
+        let h = self.hdr();
+        h.tail_puts.0.swap(pack(tail, puts), Ordering::SeqCst);
+        notify(&h.not_empty.word);
+    }
+
+    /// Waits (holding `prod_lock`) until consumers moved past `seen` or the queue closed.
+    fn wait_for_consumers(&self, seen: u64, wait: Wait) -> Result<(), Fail> {
+        let h = self.hdr();
+        let changed = || {
+            h.head_gets.0.load(Ordering::SeqCst) != seen
+                || h.meta.closed.load(Ordering::SeqCst) != 0
+        };
+        if !matches!(wait, Wait::Now) {
+            for _ in 0..SPIN {
+                if changed() {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let Some(slice) = wait.slice() else {
+            return Err(match wait {
+                Wait::Now => Fail::WouldBlock,
+                _ => Fail::Timeout,
+            });
+        };
+        sleep(&h.not_full.word, changed, slice)
+    }
+
+    /// Waits until `need` bytes are free; returns the current `tail`. With `reserve`, keeps 8
+    /// more bytes free for an `ABORT` record. `check_closed`: fail with `Closed` when the queue
+    /// closes meanwhile.
+    fn room(&self, tail: u32, need: u32, wait: Wait, check_closed: bool) -> Result<(), Fail> {
+        let h = self.hdr();
+        let free = |hg: u64| self.cap.checked_sub(tail.wrapping_sub(split(hg).0));
+        let mut hg = h.prod.cached_head_gets.load(Ordering::Relaxed);
+        loop {
+            if free(hg).is_some_and(|f| f >= need) {
+                return Ok(());
+            }
+            hg = h.head_gets.0.load(Ordering::Acquire);
+            h.prod.cached_head_gets.store(hg, Ordering::Relaxed);
+            match free(hg) {
+                Some(f) if f >= need => return Ok(()),
+                Some(_) => {}
+                None => {
+                    return Err(Fail::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "queue memory is corrupted (head is past tail)",
+                    )))
+                }
+            }
+            if check_closed && h.meta.closed.load(Ordering::Acquire) != 0 {
+                return Err(Fail::Closed);
+            }
+            self.wait_for_consumers(hg, wait)?;
+        }
+    }
+
+    /// Waits for item room (`maxsize`).
+    fn item_room(&self, puts: u32, wait: Wait) -> Result<(), Fail> {
+        if self.maxsize == 0 {
+            return Ok(());
+        }
+        let h = self.hdr();
+        let mut hg = h.prod.cached_head_gets.load(Ordering::Relaxed);
+        loop {
+            if puts.wrapping_sub(split(hg).1) < self.maxsize {
+                return Ok(());
+            }
+            hg = h.head_gets.0.load(Ordering::Acquire);
+            h.prod.cached_head_gets.store(hg, Ordering::Relaxed);
+            if puts.wrapping_sub(split(hg).1) < self.maxsize {
+                return Ok(());
+            }
+            if h.meta.closed.load(Ordering::Acquire) != 0 {
+                return Err(Fail::Closed);
+            }
+            self.wait_for_consumers(hg, wait)?;
+        }
+    }
+
+    /// Puts one message. When `send_fds` is given, the message has descriptors: it is called
+    /// under the producer lock with the message's sequence number, before the record is
+    /// published, and must send the descriptors.
+    pub(crate) fn put(
+        &self,
+        payload: &[u8],
+        send_fds: Option<&mut dyn FnMut(u64, Wait) -> Result<(), Fail>>,
+        wait: Wait,
+    ) -> Result<(), Fail> {
+        let h = self.hdr();
+        let me = ipc::cached_pid();
+        if lock(&h.prod.lock, me, wait)? {
+            h.meta.recovered.fetch_add(1, Ordering::Relaxed);
+            h.prod.streaming.store(0, Ordering::Release);
+        }
+        let _held = Held(&h.prod.lock);
+        if h.meta.closed.load(Ordering::Acquire) != 0 {
+            return Err(Fail::Closed);
+        }
+        let (tail, puts) = split(h.tail_puts.0.load(Ordering::Relaxed));
+        self.item_room(puts, wait)?;
+        let has_fds = send_fds.is_some();
+        let flags = if has_fds { FLAG_FDS } else { 0 };
+        let prefix: u32 = if has_fds { 8 } else { 0 };
+        let Ok(len) = u32::try_from(payload.len() as u64 + prefix as u64) else {
+            return Err(Fail::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a queue message must be smaller than 4 GiB",
+            )));
+        };
+        if len <= u32::MAX - 16 && REC + pad8(len) <= self.max_record() {
+            let rec = REC + pad8(len);
+            self.room(tail, rec, wait, true)?;
+            let mut at = tail + REC;
+            if let Some(send) = send_fds {
+                let seq = h.prod.fd_seq.fetch_add(1, Ordering::Relaxed);
+                send(seq, wait)?;
+                self.write_bytes(at, &seq.to_le_bytes());
+                at += 8;
+            }
+            self.write_bytes(at, payload);
+            self.write_header(tail, len, WHOLE, flags);
+            self.publish(tail.wrapping_add(rec), puts.wrapping_add(1));
+            return Ok(());
+        }
+        self.put_stream(payload, send_fds, tail, puts, wait)
+    }
+
+    fn put_stream(
+        &self,
+        payload: &[u8],
+        send_fds: Option<&mut dyn FnMut(u64, Wait) -> Result<(), Fail>>,
+        mut tail: u32,
+        puts: u32,
+        mut wait: Wait,
+    ) -> Result<(), Fail> {
+        let h = self.hdr();
+        let max_body = self.max_record() - REC;
+        let mut rest = payload;
+        let mut first = true;
+        let mut send_fds = send_fds;
+        loop {
+            let prefix = if first && send_fds.is_some() { 8 } else { 0 };
+            let body = (rest.len() as u64 + prefix as u64).min(max_body as u64) as u32;
+            let last = !first && body as usize == rest.len();
+            // Room for the chunk plus an ABORT record.
+            if let Err(e) = self.room(tail, REC + pad8(body) + REC, wait, first) {
+                if !first {
+                    self.write_header(tail, 0, ABORT, 0);
+                    tail = tail.wrapping_add(REC);
+                    self.publish(tail, puts);
+                    h.prod.streaming.store(0, Ordering::Release);
+                }
+                return Err(e);
+            }
+            let mut at = tail + REC;
+            let mut flags = 0;
+            if first {
+                if let Some(send) = send_fds.take() {
+                    let seq = h.prod.fd_seq.fetch_add(1, Ordering::Relaxed);
+                    send(seq, wait)?;
+                    self.write_bytes(at, &seq.to_le_bytes());
+                    at += 8;
+                    flags = FLAG_FDS;
+                }
+            }
+            let data = body - prefix;
+            self.write_bytes(at, &rest[..data as usize]);
+            rest = &rest[data as usize..];
+            let kind = if first {
+                FIRST
+            } else if last {
+                LAST
+            } else {
+                MIDDLE
+            };
+            self.write_header(tail, body, kind, flags);
+            tail = tail.wrapping_add(REC + pad8(body));
+            if first {
+                h.prod.streaming.store(1, Ordering::Relaxed);
+                // A started message is finished: `put_nowait` only fails before it starts.
+                if matches!(wait, Wait::Now) {
+                    wait = Wait::Forever;
+                }
+            }
+            self.publish(tail, puts.wrapping_add(last as u32));
+            if last {
+                h.prod.streaming.store(0, Ordering::Release);
+                return Ok(());
+            }
+            first = false;
+        }
+    }
+
+    // --------------------------------------------------------------------------------------
+    // Consumer side
+
+    fn advance(&self, head: u32, gets: u32) {
+        let h = self.hdr();
+        h.head_gets.0.swap(pack(head, gets), Ordering::SeqCst);
+        notify(&h.not_full.word);
+    }
+
+    /// Waits until producers moved past `seen` (or the queue closed), at most `wait`.
+    fn wait_for_producers(&self, seen: u64, wait: Wait) -> Result<(), Fail> {
+        let h = self.hdr();
+        let changed = || {
+            h.tail_puts.0.load(Ordering::SeqCst) != seen
+                || h.meta.closed.load(Ordering::SeqCst) != 0
+        };
+        if !matches!(wait, Wait::Now) {
+            for _ in 0..SPIN {
+                if changed() {
+                    return Ok(());
+                }
+                std::hint::spin_loop();
+            }
+        }
+        let Some(slice) = wait.slice() else {
+            return Err(match wait {
+                Wait::Now => Fail::WouldBlock,
+                _ => Fail::Timeout,
+            });
+        };
+        sleep(&h.not_empty.word, changed, slice)
+    }
+
+    fn count_dropped(&self) {
+        let m = &self.hdr().meta;
+        m.dropped.fetch_add(1, Ordering::Relaxed);
+        // Nobody will call task_done for it.
+        self.task_done_unchecked();
+    }
+
+    /// Takes one message into `out` (cleared first), its descriptors into `fds`. `recv_fds`
+    /// fetches the descriptors of sequence number `seq` into the vector, under the consumer
+    /// lock; `Ok(false)` when they are gone (the message is then dropped).
+    pub(crate) fn get(
+        &self,
+        out: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+        recv_fds: &mut dyn FnMut(u64, &mut Vec<OwnedFd>) -> io::Result<bool>,
+        wait: Wait,
+    ) -> Result<(), Fail> {
+        let h = self.hdr();
+        let me = ipc::cached_pid();
+        out.clear();
+        fds.clear();
+        loop {
+            if lock(&h.cons.lock, me, wait)? {
+                h.meta.recovered.fetch_add(1, Ordering::Relaxed);
+                // The rest of a message the dead consumer was reading is skipped (and counted
+                // as dropped where the skipping ends).
+                if h.cons.state.load(Ordering::Relaxed) == READING {
+                    h.cons.state.store(SKIPPING, Ordering::Relaxed);
+                }
+            }
+            let held = Held(&h.cons.lock);
+            loop {
+                let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
+                let mut tp = h.cons.cached_tail_puts.load(Ordering::Relaxed);
+                // The cached tail is only a hint: stale (behind head) after another consumer
+                // moved on without refreshing it, or equal to head when nothing is known.
+                let known = split(tp).0.wrapping_sub(head);
+                if known == 0 || known > self.cap {
+                    tp = h.tail_puts.0.load(Ordering::Acquire);
+                    h.cons.cached_tail_puts.store(tp, Ordering::Relaxed);
+                }
+                let state = h.cons.state.load(Ordering::Relaxed);
+                if split(tp).0 != head {
+                    if self.take_record(head, gets, state, out, fds, recv_fds)? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                if state == READING {
+                    // A stream is half read: its producer is writing the rest, or died.
+                    if h.prod.streaming.load(Ordering::Acquire) == 0
+                        && split(h.tail_puts.0.load(Ordering::Acquire)).0 == head
+                    {
+                        out.clear();
+                        fds.clear();
+                        h.cons.state.store(IDLE, Ordering::Relaxed);
+                        h.meta.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let until = Wait::Until(Instant::now() + TICK);
+                    match self.wait_for_producers(tp, until) {
+                        Ok(()) => {}
+                        Err(Fail::Timeout) => self.recover_dead_producer(me),
+                        Err(e) => return Err(e),
+                    }
+                    continue;
+                }
+                if h.meta.closed.load(Ordering::Acquire) != 0 {
+                    return Err(Fail::Closed);
+                }
+                drop(held);
+                self.wait_for_producers(tp, wait)?;
+                break;
+            }
+        }
+    }
+
+    /// A dropped message that was never counted in `puts` (its LAST was never published).
+    fn count_dropped_uncounted(&self) {
+        self.hdr().meta.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Called by a consumer waiting in the middle of a stream: if the producer lock's owner is
+    /// dead, take the lock over, close the stream, release.
+    fn recover_dead_producer(&self, me: u32) {
+        let h = self.hdr();
+        let v = h.prod.lock.load(Ordering::Relaxed);
+        let owner = v & !CONTENDED;
+        if owner != 0
+            && owner != me
+            && !ipc::pid_alive(owner)
+            && h.prod
+                .lock
+                .compare_exchange(
+                    v,
+                    me | (v & CONTENDED),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            h.meta.recovered.fetch_add(1, Ordering::Relaxed);
+            h.prod.streaming.store(0, Ordering::Release);
+            unlock(&h.prod.lock);
+        }
+    }
+
+    /// Consumes the record at `head`; `Ok(true)` when `out` now holds a complete message.
+    fn take_record(
+        &self,
+        head: u32,
+        gets: u32,
+        state: u32,
+        out: &mut Vec<u8>,
+        fds: &mut Vec<OwnedFd>,
+        recv_fds: &mut dyn FnMut(u64, &mut Vec<OwnedFd>) -> io::Result<bool>,
+    ) -> Result<bool, Fail> {
+        let h = self.hdr();
+        let (len, kind, flags) = self.read_header(head);
+        if len > self.max_record() || !(WHOLE..=ABORT).contains(&kind) {
+            return Err(Fail::Io(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("queue memory is corrupted (record kind {kind}, length {len})"),
+            )));
+        }
+        let next = head.wrapping_add(REC + pad8(len));
+        let set_state = |s: u32| h.cons.state.store(s, Ordering::Relaxed);
+        match kind {
+            WHOLE | FIRST => {
+                if state != IDLE {
+                    // The stream we were reading (or skipping) was abandoned by its producer.
+                    self.count_dropped_uncounted();
+                }
+                out.clear();
+                fds.clear();
+                let mut at = head + REC;
+                let mut body = len;
+                let mut lost = false;
+                if flags & FLAG_FDS != 0 {
+                    let seq = self.read_u64(at);
+                    at += 8;
+                    body -= 8;
+                    lost = !recv_fds(seq, fds)?;
+                }
+                if kind == WHOLE {
+                    set_state(IDLE);
+                    if lost {
+                        self.advance(next, gets.wrapping_add(1));
+                        self.count_dropped();
+                        fds.clear();
+                        return Ok(false);
+                    }
+                    self.read_bytes(at, body as usize, out);
+                    self.advance(next, gets.wrapping_add(1));
+                    return Ok(true);
+                }
+                if lost {
+                    fds.clear();
+                    set_state(SKIPPING);
+                    // Counted when its LAST is skipped.
+                } else {
+                    self.read_bytes(at, body as usize, out);
+                    set_state(READING);
+                }
+                self.advance(next, gets);
+                Ok(false)
+            }
+            MIDDLE => {
+                match state {
+                    READING => self.read_bytes(head + REC, len as usize, out),
+                    IDLE => set_state(SKIPPING),
+                    _ => {}
+                }
+                self.advance(next, gets);
+                Ok(false)
+            }
+            LAST => {
+                if state == READING {
+                    self.read_bytes(head + REC, len as usize, out);
+                    set_state(IDLE);
+                    self.advance(next, gets.wrapping_add(1));
+                    return Ok(true);
+                }
+                // The tail of a message whose start was taken by a consumer that died, or
+                // whose descriptors were lost.
+                set_state(IDLE);
+                self.advance(next, gets.wrapping_add(1));
+                self.count_dropped();
+                Ok(false)
+            }
+            _ => {
+                // ABORT: the producer gave the value back (timeout) or closed the stream.
+                if state == READING {
+                    out.clear();
+                    fds.clear();
+                }
+                set_state(IDLE);
+                self.advance(next, gets);
+                Ok(false)
+            }
+        }
+    }
+
+    // --------------------------------------------------------------------------------------
+    // State
+
+    /// Complete messages in the queue (exact when no operation is in flight).
+    pub(crate) fn qsize(&self) -> usize {
+        let h = self.hdr();
+        let gets = split(h.head_gets.0.load(Ordering::SeqCst)).1;
+        let puts = split(h.tail_puts.0.load(Ordering::SeqCst)).1;
+        (puts.wrapping_sub(gets) as i32).max(0) as usize
+    }
+
+    /// Bytes published and not yet consumed.
+    pub(crate) fn used(&self) -> usize {
+        let h = self.hdr();
+        let head = split(h.head_gets.0.load(Ordering::SeqCst)).0;
+        let tail = split(h.tail_puts.0.load(Ordering::SeqCst)).0;
+        tail.wrapping_sub(head) as usize
+    }
+
+    pub(crate) fn close(&self) {
+        let h = self.hdr();
+        h.meta.closed.store(1, Ordering::SeqCst);
+        for w in [&h.not_empty, &h.not_full] {
+            w.word.fetch_add(2, Ordering::SeqCst);
+            futex_wake(&w.word, i32::MAX as u32);
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.hdr().meta.closed.load(Ordering::Acquire) != 0
+    }
+
+    pub(crate) fn dropped(&self) -> u32 {
+        self.hdr().meta.dropped.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn recovered(&self) -> u32 {
+        self.hdr().meta.recovered.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn task_done_unchecked(&self) {
+        let h = self.hdr();
+        h.meta.done.fetch_add(1, Ordering::SeqCst);
+        if h.join.word.load(Ordering::SeqCst) != 0 {
+            futex_wake(&h.meta.done, i32::MAX as u32);
+        }
+    }
+
+    /// One more message processed; `false` (nothing changed) when every message put so far was
+    /// already marked done.
+    pub(crate) fn task_done(&self) -> bool {
+        let h = self.hdr();
+        let mut done = h.meta.done.load(Ordering::SeqCst);
+        loop {
+            let puts = split(h.tail_puts.0.load(Ordering::SeqCst)).1;
+            if puts.wrapping_sub(done) as i32 <= 0 {
+                return false;
+            }
+            match h.meta.done.compare_exchange(
+                done,
+                done.wrapping_add(1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(d) => done = d,
+            }
+        }
+        if h.join.word.load(Ordering::SeqCst) != 0 {
+            futex_wake(&h.meta.done, i32::MAX as u32);
+        }
+        true
+    }
+
+    /// Waits until every message put so far is done; `false` when `deadline` passed first.
+    pub(crate) fn join(&self, deadline: Option<Instant>) -> bool {
+        let h = self.hdr();
+        let wait = deadline.map_or(Wait::Forever, Wait::Until);
+        loop {
+            let done = h.meta.done.load(Ordering::SeqCst);
+            let puts = split(h.tail_puts.0.load(Ordering::SeqCst)).1;
+            if puts.wrapping_sub(done) as i32 <= 0 {
+                return true;
+            }
+            let Some(slice) = wait.slice() else {
+                return false;
+            };
+            h.join.word.fetch_add(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            if h.meta.done.load(Ordering::SeqCst) == done {
+                let _ = futex_wait(&h.meta.done, done, Some(slice));
+            }
+            h.join.word.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Test support: the pid holding the producer (`false`) or consumer (`true`) lock.
+    pub(crate) fn lock_owner(&self, consumer: bool) -> Option<u32> {
+        let h = self.hdr();
+        let w = if consumer { &h.cons.lock } else { &h.prod.lock };
+        let owner = w.load(Ordering::Acquire) & !CONTENDED;
+        (owner != 0).then_some(owner)
+    }
+
+    /// Test support: takes the producer lock and returns with it held, never to release it.
+    pub(crate) fn hold_producer_lock(&self) -> Result<(), Fail> {
+        lock(&self.hdr().prod.lock, ipc::cached_pid(), Wait::Forever).map(|_| ())
+    }
+
+    /// Test support: takes the consumer lock, reads the first chunk of a streamed message (or a
+    /// whole message) and returns with the lock still held, never to release it: the caller
+    /// then hangs until it is killed.
+    pub(crate) fn hold_consumer_lock_mid_message(&self) -> Result<(), Fail> {
+        let h = self.hdr();
+        let me = ipc::cached_pid();
+        lock(&h.cons.lock, me, Wait::Forever)?;
+        loop {
+            let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
+            let tp = h.tail_puts.0.load(Ordering::Acquire);
+            if split(tp).0 != head {
+                let state = h.cons.state.load(Ordering::Relaxed);
+                let mut out = Vec::new();
+                let mut fds = Vec::new();
+                self.take_record(head, gets, state, &mut out, &mut fds, &mut |_, _| Ok(false))?;
+                return Ok(());
+            }
+            let _ = self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK));
+        }
+    }
+}
