@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use multiprocess::{Barrier, Connection, Lock, Pipe, Process, Run, StartMethod, Value};
+use multiprocess::{
+    Barrier, Connection, Lock, Pipe, Pool, Process, Queue, Run, StartMethod, Value,
+};
 use serde::{Deserialize, Serialize};
 
 /// A target: "the function itself", taking its arguments as one value.
@@ -58,6 +60,39 @@ fn pipe_child(conn: Connection) {
     .unwrap();
     let reading: Reading = conn.recv().unwrap();
     println!("    [child] received {reading:?}");
+}
+
+/// What the queue section's child puts: strings and structs alike.
+#[derive(Debug, Serialize, Deserialize)]
+enum Item {
+    Text(String),
+    Point { x: i32, y: i32 },
+}
+
+/// The child's side of the queue: it only puts.
+fn queue_child(q: Queue<Item>) {
+    for word in ["spam", "eggs"] {
+        q.put(Item::Text(word.to_string())).unwrap();
+        println!("    [child] put {word:?}");
+    }
+    q.put(Item::Point { x: 1, y: 2 }).unwrap();
+    println!("    [child] put a Point");
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn slow_square(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(4));
+    x * x
+}
+
+/// A pool task that reports through a queue made by the parent.
+fn report_to((q, x): (Queue<String>, u64)) -> u64 {
+    q.put(format!("worker {} squared {x}", std::process::id()))
+        .unwrap();
+    x * x
 }
 
 /// Adds to a shared balance under its lock (Python: `with v.get_lock(): v.value += 1`).
@@ -204,6 +239,80 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => println!("  after the child ended, recv() -> {e}"),
         Ok(v) => println!("  unexpected message {v:?}"),
     }
+
+    section("Queue: one-way communication between child and parent");
+    let q: Queue<Item> = Queue::new(3)?;
+    println!(
+        "  q = Queue(3): maxsize {}, empty() = {}, full() = {}",
+        q.maxsize(),
+        q.is_empty(),
+        q.is_full()
+    );
+    let mut p = Process::new(queue_child, q.clone());
+    p.start()?;
+    p.join()?;
+    println!(
+        "  after the child: qsize() = {}, full() = {}",
+        q.qsize(),
+        q.is_full()
+    );
+    match q.put_nowait(Item::Text("one too many".into())) {
+        Err(e) => {
+            let why = e.to_string();
+            println!(
+                "  put_nowait on a full queue -> {why}; the value comes back: {:?}",
+                e.into_inner()
+            );
+        }
+        Ok(()) => println!("  unexpected: put_nowait succeeded on a full queue"),
+    }
+    while !q.is_empty() {
+        println!("  [parent] get() -> {:?}", q.get()?);
+    }
+    match q.get_nowait() {
+        Err(e) => println!("  get_nowait on an empty queue -> {e}"),
+        Ok(v) => println!("  unexpected: {v:?}"),
+    }
+
+    section("Pool: n processes, many tasks, results as return values");
+    let pool = Pool::new(2)?;
+    println!("  pool = Pool(2): worker pids {:?}", pool.pids());
+    println!(
+        "  pool.apply(square, 7) -> {}  (blocks until done)",
+        pool.apply(square, 7)?
+    );
+    println!(
+        "  pool.map(square, 1..=10) -> {:?}  (blocks, input order)",
+        pool.map(square, 1..=10)?
+    );
+    let mut one = pool.apply_async(square, 12);
+    let mut many = pool.map_async(slow_square, 0..200);
+    println!("  apply_async and map_async returned at once; map_async's progress:");
+    while !many.wait_timeout(Duration::from_millis(40)) {
+        let (done, total) = (many.completed(), many.total());
+        println!(
+            "    [{:<20}] {done}/{total}",
+            "#".repeat(20 * done / total.max(1))
+        );
+    }
+    println!("  apply_async(square, 12).get() -> {}", one.get()?);
+    let squares = many.get()?;
+    println!(
+        "  map_async(slow_square, 0..200).get() -> {} results, last {}",
+        squares.len(),
+        squares[199]
+    );
+    let reports: Queue<String> = Queue::new(0)?;
+    let total: u64 = pool
+        .map(report_to, (1..=4).map(|x| (reports.clone(), x)))?
+        .iter()
+        .sum();
+    println!("  pool tasks used a Queue made by the parent (Python's pool processes cannot):");
+    while !reports.is_empty() {
+        println!("    {}", reports.get()?);
+    }
+    println!("  and returned squares summing to {total}");
+    drop(pool);
 
     section("Beyond the seed: locks and shared values");
     let balance = Value::new(0i64)?;

@@ -29,6 +29,22 @@ pub fn deadline<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'st
         Err(mpsc::RecvTimeoutError::Timeout) => {
             let stuck: Vec<_> = multiprocess::active_children();
             for c in &stuck {
+                // Where it was stuck, for the report (root can read kernel stacks).
+                let state = std::fs::read_to_string(format!("/proc/{}/status", c.pid()))
+                    .unwrap_or_default()
+                    .lines()
+                    .find(|l| l.starts_with("State:"))
+                    .unwrap_or("")
+                    .to_string();
+                let wchan =
+                    std::fs::read_to_string(format!("/proc/{}/wchan", c.pid())).unwrap_or_default();
+                let stack =
+                    std::fs::read_to_string(format!("/proc/{}/stack", c.pid())).unwrap_or_default();
+                eprintln!(
+                    "stuck child {} ({}): {state} wchan={wchan}\n{stack}",
+                    c.pid(),
+                    c.name()
+                );
                 let _ = c.kill();
             }
             panic!(
