@@ -78,7 +78,17 @@ where
     #[allow(clippy::let_unit_value)]
     let () = AssertTarget::<F>::ZERO_SIZED;
     let entry: Entry = entry::<F, A, R>;
-    (entry as usize as i64).wrapping_sub(anchor_addr())
+    offset_of(entry as usize)
+}
+
+/// The offset of a code address from the anchor.
+fn offset_of(addr: usize) -> i64 {
+    (addr as i64).wrapping_sub(anchor_addr())
+}
+
+/// The code address at `offset` from the anchor.
+fn addr_at(offset: i64) -> usize {
+    anchor_addr().wrapping_add(offset) as usize
 }
 
 /// The entry at `offset` from the anchor.
@@ -87,7 +97,7 @@ where
 /// `offset` must come from [`entry_offset`] in a process running this same executable (checked
 /// by the caller through the build id).
 pub(crate) unsafe fn entry_at(offset: i64) -> Entry {
-    let addr = anchor_addr().wrapping_add(offset) as usize;
+    let addr = addr_at(offset);
     // SAFETY: by the caller's guarantee, `addr` is the address of an `Entry` in this image.
     unsafe { std::mem::transmute::<usize, Entry>(addr) }
 }
@@ -231,7 +241,7 @@ where
     #[allow(clippy::let_unit_value)]
     let () = AssertTarget::<F>::ZERO_SIZED;
     let entry: PoolEntry = pool_entry::<F, A, R>;
-    (entry as usize as i64).wrapping_sub(anchor_addr())
+    offset_of(entry as usize)
 }
 
 /// The pool entry at `offset` from the anchor.
@@ -240,7 +250,7 @@ where
 /// `offset` must come from [`pool_entry_offset`] in a process running this same executable
 /// (a pool worker is started from its pool's executable, under any start method).
 pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
-    let addr = anchor_addr().wrapping_add(offset) as usize;
+    let addr = addr_at(offset);
     // SAFETY: by the caller's guarantee, `addr` is the address of a `PoolEntry` in this image.
     unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
 }

@@ -80,15 +80,7 @@ pub(crate) fn send_dgram(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a message can carry at most {MAX_FDS} handles, this one has {}",
-                fds.len()
-            ),
-        ));
-    }
+    super::socket::check_fd_count(fds.len())?;
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = SendAncillaryBuffer::new(&mut space);
     control.push(SendAncillaryMessage::ScmRights(fds));

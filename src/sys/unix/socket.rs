@@ -36,6 +36,17 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, read: bool) -> io::Result<()> {
     Ok(rustix::net::shutdown(fd, how)?)
 }
 
+/// Refuses a message with more descriptors than one `sendmsg` may carry.
+pub(crate) fn check_fd_count(n: usize) -> io::Result<()> {
+    if n > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a message can carry at most {MAX_FDS} handles, this one has {n}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes all of `parts` (in order) to a stream socket; `fds` travel with the first byte.
 /// `EPIPE` is reported as an error, never as `SIGPIPE`.
 pub(crate) fn send_all(
@@ -43,15 +54,7 @@ pub(crate) fn send_all(
     parts: &[&[u8]],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "a message can carry at most {MAX_FDS} handles, this one has {}",
-                fds.len()
-            ),
-        ));
-    }
+    check_fd_count(fds.len())?;
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut sent = 0usize;
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
