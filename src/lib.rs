@@ -106,6 +106,7 @@
 //! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
 //! | a process that dies with its parent | [`Builder::daemon`] |
 //! | pass an open file or socket to a child | [`handle::SharedFd`] |
+//! | send bulk bytes inside a message, fast | [`Bytes`] (not `Vec<u8>`, which serde writes byte by byte) |
 //! | one process at a time in a section | [`Lock`] (re-entrant: [`RLock`]) |
 //! | at most N processes at a time | [`Semaphore`], [`BoundedSemaphore`] |
 //! | wake processes when something happened | [`Event`], or [`Condition`] with a predicate |
@@ -152,6 +153,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod bytes;
 pub mod connection;
 pub mod context;
 mod error;
@@ -166,6 +168,7 @@ pub mod sync;
 mod sys;
 mod task;
 
+pub use bytes::Bytes;
 pub use connection::{Connection, ConnectionError, Pipe};
 pub use context::{
     get_all_start_methods, get_context, get_start_method, init, set_start_method, Context,
