@@ -605,13 +605,8 @@ impl Connection {
             st.payload = vec![0u8; len];
         }
         while st.payload_got < len {
-            self.wait_readable(wait)?;
             let got = st.payload_got;
-            let n = match self.read_more(&mut st.payload[got..len], wait) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let n = self.read_more(&mut st.payload[got..len], wait)?;
             if n == 0 {
                 st.reset();
                 return Err(ConnectionError::Eof);
@@ -626,10 +621,19 @@ impl Connection {
         Ok(frame)
     }
 
-    fn read_more(&self, buf: &mut [u8], wait: Wait) -> io::Result<usize> {
-        match wait {
-            Wait::Forever => socket::read_some(self.fd.as_fd(), buf),
-            Wait::Until(_) => socket::recv_some(self.fd.as_fd(), buf, &mut Vec::new(), true),
+    /// Waits (as `wait` allows) for more of the payload and reads it into `buf`; `Ok(0)` is end
+    /// of stream.
+    fn read_more(&self, buf: &mut [u8], wait: Wait) -> Result<usize, ConnectionError> {
+        loop {
+            self.wait_readable(wait)?;
+            let read = match wait {
+                Wait::Forever => socket::read_some(self.fd.as_fd(), buf),
+                Wait::Until(_) => socket::recv_some(self.fd.as_fd(), buf, &mut Vec::new(), true),
+            };
+            match read {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return other.map_err(ConnectionError::from),
+            }
         }
     }
 
@@ -642,13 +646,8 @@ impl Connection {
     ) -> Result<Frame, ConnectionError> {
         let mut scratch = vec![0u8; 64 * 1024];
         while (st.payload_got as u64) < len {
-            self.wait_readable(wait)?;
             let want = ((len - st.payload_got as u64) as usize).min(scratch.len());
-            let n = match self.read_more(&mut scratch[..want], wait) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e.into()),
-            };
+            let n = self.read_more(&mut scratch[..want], wait)?;
             if n == 0 {
                 st.reset();
                 return Err(ConnectionError::Eof);

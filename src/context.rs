@@ -338,10 +338,18 @@ fn launch_fork(
     let entry = unsafe { task::entry_at(entry_offset) };
     let (parent_end, child_end) = socket::socketpair().map_err(ProcessError::start)?;
     let parent_pid = sysproc::getpid();
-    // The child flushes stdout before `_exit`; initializing it here, once, spares every child
-    // the allocation (and its copy-on-write page faults).
-    let _ = std::io::stdout();
-    // Hold every global lock of the crate across the fork, so that the child finds them
+    // Hold stdout's and stderr's locks across the fork, flushed: otherwise another thread
+    // printing at that moment leaves them locked forever in the child, whose first print, panic
+    // message or exit flush would then deadlock; and the child would repeat output the parent
+    // had buffered.
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    {
+        use std::io::Write;
+        let _ = out.flush();
+        let _ = err.flush();
+    }
+    // Hold every global lock of the crate across the fork too, so that the child finds them
     // consistent and resets them (lock order: SERVER, the process registry, tracked descriptors, the
     // named-shared-memory ledger).
     let mut server_slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
@@ -364,6 +372,8 @@ fn launch_fork(
     drop(tracked);
     drop(state);
     drop(server_slot);
+    drop(err);
+    drop(out);
     match forked {
         Err(e) => Err(ProcessError::start(e)),
         Ok(sysproc::Forked::Child) => {
