@@ -496,12 +496,9 @@ impl Connection {
                 "this end of a one-way pipe only sends",
             ));
         }
-        if self
-            .recv_state
-            .lock()
-            .map(|s| s.header_got > 0)
-            .unwrap_or(false)
-        {
+        // A partly received frame counts as ready. `try_lock`: a thread blocked in `recv` holds
+        // the state, and `poll` must not wait for it; the socket answers then.
+        if self.recv_state.try_lock().is_ok_and(|s| s.header_got > 0) {
             return Ok(true);
         }
         Ok(socket::poll_readable(&[self.fd.as_fd()], Some(timeout))?[0])

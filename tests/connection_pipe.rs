@@ -340,3 +340,22 @@ fn a_handle_does_not_serialize_outside_the_crate() {
     let e = postcard::to_allocvec(&a).unwrap_err();
     let _ = e;
 }
+
+#[test]
+fn poll_does_not_wait_for_a_receiver_blocked_in_another_thread() {
+    deadline(30, || {
+        let (a, b) = Pipe::new().unwrap();
+        let b = std::sync::Arc::new(b);
+        let receiver = {
+            let b = std::sync::Arc::clone(&b);
+            std::thread::spawn(move || b.recv::<u32>())
+        };
+        // Whether or not the receiver is blocked yet, poll answers within its timeout.
+        std::thread::sleep(Duration::from_millis(20));
+        let t = Instant::now();
+        assert!(!b.poll(Duration::from_millis(50)).unwrap());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        a.send(&1u32).unwrap();
+        assert_eq!(receiver.join().unwrap().unwrap(), 1);
+    });
+}
