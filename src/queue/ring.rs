@@ -454,10 +454,21 @@ impl Ring {
     /// Waits (holding `prod_lock`) until consumers moved past `seen` or the queue closed.
     fn wait_for_consumers(&self, seen: u64, wait: Wait) -> Result<(), Fail> {
         let h = self.hdr();
-        let changed = || {
-            h.head_gets.0.load(Ordering::SeqCst) != seen
-                || h.meta.closed.load(Ordering::SeqCst) != 0
-        };
+        self.wait_for_move(&h.head_gets.0, &h.not_full.word, seen, wait)
+    }
+
+    /// Waits until `position` moved past `seen` or the queue closed, at most `wait`: a bounded
+    /// spin, then sleeps on `event` (the other side's wake word).
+    fn wait_for_move(
+        &self,
+        position: &AtomicU64,
+        event: &AtomicU32,
+        seen: u64,
+        wait: Wait,
+    ) -> Result<(), Fail> {
+        let h = self.hdr();
+        let changed =
+            || position.load(Ordering::SeqCst) != seen || h.meta.closed.load(Ordering::SeqCst) != 0;
         if !matches!(wait, Wait::Now) {
             for _ in 0..SPIN {
                 if changed() {
@@ -472,7 +483,7 @@ impl Ring {
                 _ => Fail::Timeout,
             });
         };
-        sleep(&h.not_full.word, changed, slice)
+        sleep(event, changed, slice)
     }
 
     /// Waits until `need` bytes are free; returns the current `tail`. With `reserve`, keeps 8
@@ -654,25 +665,7 @@ impl Ring {
     /// Waits until producers moved past `seen` (or the queue closed), at most `wait`.
     fn wait_for_producers(&self, seen: u64, wait: Wait) -> Result<(), Fail> {
         let h = self.hdr();
-        let changed = || {
-            h.tail_puts.0.load(Ordering::SeqCst) != seen
-                || h.meta.closed.load(Ordering::SeqCst) != 0
-        };
-        if !matches!(wait, Wait::Now) {
-            for _ in 0..SPIN {
-                if changed() {
-                    return Ok(());
-                }
-                std::hint::spin_loop();
-            }
-        }
-        let Some(slice) = wait.slice() else {
-            return Err(match wait {
-                Wait::Now => Fail::WouldBlock,
-                _ => Fail::Timeout,
-            });
-        };
-        sleep(&h.not_empty.word, changed, slice)
+        self.wait_for_move(&h.tail_puts.0, &h.not_empty.word, seen, wait)
     }
 
     fn count_dropped(&self) {
