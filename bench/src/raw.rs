@@ -4,6 +4,7 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::raw::c_char;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use crate::Result;
 
@@ -195,4 +196,83 @@ impl Command {
         // prepared before the fork, then _exit.
         unsafe { fork(exec) }
     }
+}
+
+/// A shared anonymous mapping, inherited by forked children.
+pub(crate) struct Shm {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Shm {
+    pub(crate) fn new(len: usize) -> Result<Shm> {
+        // SAFETY: a fresh anonymous shared mapping aliases nothing.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Shm {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset & 3 == 0 && offset + 4 <= self.len);
+        // SAFETY: in bounds, aligned, zero-initialized shared memory used only atomically.
+        unsafe { &*(self.ptr.add(offset) as *const AtomicU32) }
+    }
+
+    /// The raw bytes at `offset..offset + len` (for plain data next to the atomics).
+    pub(crate) fn ptr(&self, offset: usize, len: usize) -> *mut u8 {
+        assert!(offset + len <= self.len);
+        self.ptr.wrapping_add(offset)
+    }
+
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        assert!(offset & 7 == 0 && offset + 8 <= self.len);
+        // SAFETY: as above.
+        unsafe { &*(self.ptr.add(offset) as *const AtomicU64) }
+    }
+}
+
+impl Drop for Shm {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: a FUTEX_WAIT on a valid, aligned, shared word; no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const AtomicU32,
+            libc::FUTEX_WAIT,
+            expected,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+pub(crate) fn futex_wake(word: &AtomicU32, n: i32) {
+    // SAFETY: a FUTEX_WAKE on a valid, aligned, shared word.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word as *const AtomicU32,
+            libc::FUTEX_WAKE,
+            n,
+        )
+    };
 }

@@ -8,6 +8,9 @@
 
 use multiprocess::{Connection, Pipe, Process};
 
+use std::sync::atomic::Ordering;
+
+use crate::raw::{futex_wait, futex_wake, Shm};
 use crate::stats::{median, time_each};
 use crate::{python, raw, Config, Counts, Metric, Result, System, Workload};
 
@@ -40,6 +43,7 @@ fn systems(config: Config) -> Vec<System> {
     let n = config.pick(ROUND_TRIPS);
     let mut systems = vec![
         System::new("raw/socketpair", move || raw_socketpair(n)),
+        System::new("raw/shm-spin", move || raw_shm_spin(n)),
         System::new("multiprocess/default", move || ours(n)),
     ];
     if python::available() {
@@ -108,6 +112,84 @@ fn raw_socketpair(n: usize) -> Result<f64> {
         }
     });
     drop(fd);
+    child.wait()?;
+    median(samples?)
+}
+
+/// How long a raw/shm-spin waiter spins before it sleeps on the futex.
+const RAW_SPIN: std::time::Duration = std::time::Duration::from_micros(20);
+
+/// One direction of raw/shm-spin: a sequence number (the futex word), a
+/// "sleeping" flag and a 64-byte slot, on their own cache lines.
+#[derive(Clone, Copy)]
+struct Lane(usize);
+
+impl Lane {
+    fn send(self, shm: &Shm, msg: &[u8; MSG]) {
+        // SAFETY: the slot is in bounds; strict alternation means the other
+        // side is not reading it (it read the previous message already).
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), shm.ptr(self.0 + 64, MSG), MSG) };
+        let seq = shm.atomic_u32(self.0);
+        seq.fetch_add(1, Ordering::SeqCst);
+        if shm.atomic_u32(self.0 + 4).load(Ordering::SeqCst) != 0 {
+            futex_wake(seq, 1);
+        }
+    }
+
+    /// Waits for message number `seen + 1`: spin, then futex.
+    fn recv(self, shm: &Shm, seen: u32, out: &mut [u8; MSG]) {
+        let seq = shm.atomic_u32(self.0);
+        let start = std::time::Instant::now();
+        while seq.load(Ordering::Acquire) == seen {
+            if start.elapsed() > RAW_SPIN {
+                let sleeping = shm.atomic_u32(self.0 + 4);
+                sleeping.store(1, Ordering::SeqCst);
+                while seq.load(Ordering::SeqCst) == seen {
+                    futex_wait(seq, seen);
+                }
+                sleeping.store(0, Ordering::SeqCst);
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        // SAFETY: in bounds; published by the sender's SeqCst increment.
+        unsafe { std::ptr::copy_nonoverlapping(shm.ptr(self.0 + 64, MSG), out.as_mut_ptr(), MSG) };
+    }
+}
+
+/// A forked child echoing over shared memory: per direction a 64-byte slot
+/// and a sequence number; a waiter spins up to 20 µs, then sleeps on a futex.
+/// A message of zeros stops the child.
+fn raw_shm_spin(n: usize) -> Result<f64> {
+    let shm = Shm::new(4096)?;
+    let (ping, pong) = (Lane(0), Lane(256));
+    let child_echo = || {
+        let mut buf = [0_u8; MSG];
+        for seen in 0.. {
+            ping.recv(&shm, seen, &mut buf);
+            if buf[0] == 0 {
+                return 0;
+            }
+            pong.send(&shm, &buf);
+        }
+        0
+    };
+    // SAFETY: the child only touches the shared mapping and futexes.
+    let child = unsafe { raw::fork(child_echo) }?;
+    let msg = [0xab_u8; MSG];
+    let mut buf = [0_u8; MSG];
+    let mut seen = 0;
+    let samples = time_each(WARMUP, n, || {
+        ping.send(&shm, &msg);
+        pong.recv(&shm, seen, &mut buf);
+        seen += 1;
+        if buf == msg {
+            Ok(())
+        } else {
+            Err("raw shm echo differs".into())
+        }
+    });
+    ping.send(&shm, &[0; MSG]);
     child.wait()?;
     median(samples?)
 }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use multiprocess::{AtomicValue, Event, Lock, Process, Value};
 
+use crate::raw::{futex_wait, futex_wake, Shm};
 use crate::stats::{median, time_each};
 use crate::{python, raw, Config, Counts, Metric, Result, System, Workload};
 
@@ -218,79 +219,6 @@ enum RawKind {
     Pthread,
 }
 
-/// A shared anonymous mapping, inherited by forked children.
-struct Shm {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Shm {
-    fn new(len: usize) -> Result<Shm> {
-        // SAFETY: a fresh anonymous shared mapping aliases nothing.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(Shm {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset & 3 == 0 && offset + 4 <= self.len);
-        // SAFETY: in bounds, aligned, zero-initialized shared memory used only atomically.
-        unsafe { &*(self.ptr.add(offset) as *const AtomicU32) }
-    }
-
-    fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset & 7 == 0 && offset + 8 <= self.len);
-        // SAFETY: as above.
-        unsafe { &*(self.ptr.add(offset) as *const AtomicU64) }
-    }
-}
-
-impl Drop for Shm {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: a FUTEX_WAIT on a valid, aligned, shared word; no timeout.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word as *const AtomicU32,
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: a FUTEX_WAKE on a valid, aligned, shared word.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word as *const AtomicU32,
-            libc::FUTEX_WAKE,
-            n,
-        )
-    };
-}
-
 /// Drepper's three-state futex mutex: 0 free, 1 locked, 2 locked with waiters.
 fn futex_lock(w: &AtomicU32) {
     if w.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
@@ -325,7 +253,7 @@ impl<'a> RawLock<'a> {
                 libc::pthread_mutexattr_init(&mut attr);
                 libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
                 libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-                let r = libc::pthread_mutex_init(shm.ptr.cast(), &attr);
+                let r = libc::pthread_mutex_init(shm.ptr(0, 64).cast(), &attr);
                 libc::pthread_mutexattr_destroy(&mut attr);
                 if r != 0 {
                     return Err(std::io::Error::from_raw_os_error(r).into());
@@ -341,7 +269,7 @@ impl<'a> RawLock<'a> {
             RawKind::Futex => futex_lock(self.shm.atomic_u32(0)),
             // SAFETY: an initialized process-shared mutex.
             RawKind::Pthread => unsafe {
-                let m: *mut libc::pthread_mutex_t = self.shm.ptr.cast();
+                let m: *mut libc::pthread_mutex_t = self.shm.ptr(0, 64).cast();
                 if libc::pthread_mutex_lock(m) == libc::EOWNERDEAD {
                     libc::pthread_mutex_consistent(m);
                 }
@@ -355,7 +283,7 @@ impl<'a> RawLock<'a> {
             RawKind::Futex => futex_unlock(self.shm.atomic_u32(0)),
             // SAFETY: held by this thread.
             RawKind::Pthread => unsafe {
-                libc::pthread_mutex_unlock(self.shm.ptr.cast());
+                libc::pthread_mutex_unlock(self.shm.ptr(0, 64).cast());
             },
         }
     }

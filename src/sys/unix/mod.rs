@@ -2,6 +2,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod build_id;
+pub(crate) mod doorbell;
 pub(crate) mod ipc;
 pub(crate) mod named_shm;
 pub(crate) mod process;

@@ -152,6 +152,31 @@ pub(crate) fn poll_readable(
     }
 }
 
+/// Whether the peer of a stream socket is gone (closed, or its process ended), without
+/// waiting: the kernel reports `POLLHUP` once both directions are shut down, which happens
+/// when the peer's last descriptor is closed.
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pfd = [PollFd::new(&fd, PollFlags::empty())];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    retry(|| rustix::event::poll(&mut pfd, Some(&zero)))?;
+    Ok(pfd[0].revents().intersects(PollFlags::HUP | PollFlags::ERR))
+}
+
+/// Without waiting or consuming: `Some(true)` at end of stream, `Some(false)` when bytes are
+/// waiting, `None` when nothing is there yet.
+pub(crate) fn peek_eof(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
+    let mut byte = [0u8; 1];
+    match retry(|| rustix::net::recv(fd, &mut byte, RecvFlags::PEEK | RecvFlags::DONTWAIT)) {
+        Ok((0, _)) => Ok(Some(true)),
+        Ok(_) => Ok(Some(false)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Raises the kernel's send and receive buffers of a socket (best effort).
 pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);

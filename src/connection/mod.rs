@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -34,7 +35,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::handle;
+use crate::region::Region;
 use crate::sys::socket;
+
+mod fast;
+
+use fast::{Fast, Next};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPC1");
 const HEADER: usize = 16;
@@ -72,9 +78,10 @@ impl Pipe {
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> io::Result<(Connection, Connection)> {
         let (a, b) = socket::socketpair()?;
+        let (fa, fb) = Fast::pair()?;
         Ok((
-            Connection::from_fd(a, true, true),
-            Connection::from_fd(b, true, true),
+            Connection::with_fast(a, true, true, Some(fa)),
+            Connection::with_fast(b, true, true, Some(fb)),
         ))
     }
 
@@ -98,9 +105,10 @@ impl Pipe {
         let (r, w) = socket::socketpair()?;
         socket::shutdown(r.as_fd(), false)?;
         socket::shutdown(w.as_fd(), true)?;
+        let (fw, fr) = Fast::pair()?;
         Ok((
-            Connection::from_fd(r, true, false),
-            Connection::from_fd(w, false, true),
+            Connection::with_fast(r, true, false, Some(fr)),
+            Connection::with_fast(w, false, true, Some(fw)),
         ))
     }
 }
@@ -206,6 +214,8 @@ pub struct Connection {
     fd: handle::TrackedFd,
     readable: bool,
     writable: bool,
+    /// The shared-memory path (ends made by [`Pipe`]); `None`: frames on the socket only.
+    fast: Option<Fast>,
     send_lock: Mutex<()>,
     recv_state: Mutex<RecvState>,
     broken: AtomicBool,
@@ -218,6 +228,7 @@ impl fmt::Debug for Connection {
             .field("fd", &self.fd.as_fd().as_raw_fd())
             .field("readable", &self.readable)
             .field("writable", &self.writable)
+            .field("shared_memory", &self.fast.is_some())
             .finish()
     }
 }
@@ -231,10 +242,13 @@ struct RecvState {
     len: Option<u64>,
     payload: Vec<u8>,
     payload_got: usize,
+    /// The shared ring announced a frame on the socket, not fully read yet.
+    socket_pending: bool,
 }
 
 impl RecvState {
     fn reset(&mut self) {
+        self.socket_pending = false;
         self.header_got = 0;
         self.len = None;
         self.payload_got = 0;
@@ -255,12 +269,113 @@ enum Wait {
     Until(Instant),
 }
 
+impl Wait {
+    fn after(timeout: Duration) -> Wait {
+        // A timeout too large to add is no limit.
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Wait::Forever, Wait::Until)
+    }
+
+    fn expired(self) -> bool {
+        matches!(self, Wait::Until(d) if Instant::now() >= d)
+    }
+
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Forever => None,
+            Wait::Until(d) => Some(d),
+        }
+    }
+}
+
+/// What a receive call makes of the next message: it comes either as bytes borrowed from the
+/// shared ring, or as a frame still to be read from the socket.
+trait Sink {
+    type Out;
+    fn inline(self, bytes: &[u8]) -> Result<Self::Out, ConnectionError>;
+    fn frame(
+        self,
+        conn: &Connection,
+        st: &mut RecvState,
+        wait: Wait,
+    ) -> Result<Self::Out, ConnectionError>;
+}
+
+/// Decodes a `T` (with its handles).
+struct AsValue<T>(PhantomData<fn() -> T>);
+
+impl<T: DeserializeOwned> Sink for AsValue<T> {
+    type Out = T;
+    fn inline(self, bytes: &[u8]) -> Result<T, ConnectionError> {
+        handle::decode(bytes, Vec::new()).map_err(|e| ConnectionError::Decode(e.0))
+    }
+    fn frame(
+        self,
+        conn: &Connection,
+        st: &mut RecvState,
+        wait: Wait,
+    ) -> Result<T, ConnectionError> {
+        let frame = conn.recv_frame(st, wait)?;
+        handle::decode(&frame.payload, frame.fds).map_err(|e| ConnectionError::Decode(e.0))
+    }
+}
+
+/// The raw payload and the descriptors that came with it.
+struct AsFrame;
+
+impl Sink for AsFrame {
+    type Out = (Vec<u8>, Vec<OwnedFd>);
+    fn inline(self, bytes: &[u8]) -> Result<Self::Out, ConnectionError> {
+        Ok((bytes.to_vec(), Vec::new()))
+    }
+    fn frame(
+        self,
+        conn: &Connection,
+        st: &mut RecvState,
+        wait: Wait,
+    ) -> Result<Self::Out, ConnectionError> {
+        let frame = conn.recv_frame(st, wait)?;
+        Ok((frame.payload, frame.fds))
+    }
+}
+
+/// Into the caller's buffer (`recv_bytes_into`).
+struct IntoBuf<'a>(&'a mut [u8]);
+
+impl Sink for IntoBuf<'_> {
+    type Out = usize;
+    fn inline(self, bytes: &[u8]) -> Result<usize, ConnectionError> {
+        match self.0.get_mut(..bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            None => Err(ConnectionError::BufferTooShort(bytes.to_vec())),
+        }
+    }
+    fn frame(
+        self,
+        conn: &Connection,
+        st: &mut RecvState,
+        wait: Wait,
+    ) -> Result<usize, ConnectionError> {
+        conn.recv_frame_into(st, wait, self.0)
+    }
+}
+
 impl Connection {
+    /// A connection over a socket only (frames, no shared-memory path).
     pub(crate) fn from_fd(fd: OwnedFd, readable: bool, writable: bool) -> Connection {
+        Connection::with_fast(fd, readable, writable, None)
+    }
+
+    fn with_fast(fd: OwnedFd, readable: bool, writable: bool, fast: Option<Fast>) -> Connection {
         Connection {
             fd: handle::TrackedFd::new(fd),
             readable,
             writable,
+            fast,
             send_lock: Mutex::new(()),
             recv_state: Mutex::new(RecvState::default()),
             broken: AtomicBool::new(false),
@@ -304,18 +419,12 @@ impl Connection {
     /// # Ok::<(), multiprocess::ConnectionError>(())
     /// ```
     pub fn send<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), ConnectionError> {
-        let enc = handle::encode_into(value, vec![0u8; HEADER])
-            .map_err(|e| ConnectionError::Encode(e.0))?;
-        let handle::Encoded {
-            mut bytes,
-            fds: raw,
-        } = enc;
+        let handle::Encoded { bytes, fds: raw } =
+            handle::encode(value).map_err(|e| ConnectionError::Encode(e.0))?;
         // SAFETY: `value` is borrowed for this whole call, so its descriptors stay open.
         #[allow(unsafe_code)]
         let fds = unsafe { handle::borrow_all(&raw) };
-        let len = (bytes.len() - HEADER) as u64;
-        bytes[..HEADER].copy_from_slice(&header(fds.len(), len));
-        self.send_parts(&[&bytes], &fds)
+        self.send_encoded_parts(&[&bytes], &fds)
     }
 
     /// Sends an already encoded message with its descriptors.
@@ -324,23 +433,44 @@ impl Connection {
         payload: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ConnectionError> {
-        let h = header(fds.len(), payload.len() as u64);
-        self.send_parts(&[&h, payload], fds)
+        self.send_encoded_parts(&[payload], fds)
     }
 
     /// Sends one message whose payload is the concatenation of `parts` (no copy into one
-    /// buffer), with its descriptors.
+    /// buffer), with its descriptors: through the shared ring when it is small and carries
+    /// none, else as a frame on the socket (announced in the ring, which keeps the order).
     pub(crate) fn send_encoded_parts(
         &self,
         parts: &[&[u8]],
         fds: &[BorrowedFd<'_>],
     ) -> Result<(), ConnectionError> {
+        if !self.writable {
+            return Err(ConnectionError::WrongDirection(
+                "this end of a one-way pipe only receives",
+            ));
+        }
         let len: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some(fast) = &self.fast {
+            if fds.is_empty() && len <= fast.max_inline() {
+                return fast.lock_writer().push_data(parts, self.fd.as_fd());
+            }
+        }
         let h = header(fds.len(), len as u64);
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
         all.push(&h);
         all.extend_from_slice(parts);
-        self.send_parts(&all, fds)
+        socket::check_fd_count(fds.len())?;
+        match &self.fast {
+            Some(fast) => {
+                let writer = fast.lock_writer();
+                writer.push_socket_marker(self.fd.as_fd())?;
+                socket::send_all(self.fd.as_fd(), &all, fds).map_err(ConnectionError::from)
+            }
+            None => {
+                let _guard = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+                socket::send_all(self.fd.as_fd(), &all, fds).map_err(ConnectionError::from)
+            }
+        }
     }
 
     /// Sends raw bytes as one message (Python's `send_bytes`).
@@ -363,16 +493,6 @@ impl Connection {
         self.send_encoded(bytes, &[])
     }
 
-    fn send_parts(&self, parts: &[&[u8]], fds: &[BorrowedFd<'_>]) -> Result<(), ConnectionError> {
-        if !self.writable {
-            return Err(ConnectionError::WrongDirection(
-                "this end of a one-way pipe only receives",
-            ));
-        }
-        let _guard = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
-        socket::send_all(self.fd.as_fd(), parts, fds).map_err(ConnectionError::from)
-    }
-
     /// Receives a serde value, blocking until one arrives.
     ///
     /// # Errors
@@ -380,8 +500,7 @@ impl Connection {
     /// [`ConnectionError::Decode`] when the message is not a `T` (it is consumed); see
     /// [`ConnectionError`] for the rest.
     pub fn recv<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
-        let frame = self.recv_frame(Wait::Forever)?;
-        handle::decode(&frame.payload, frame.fds).map_err(|e| ConnectionError::Decode(e.0))
+        self.receive(Wait::Forever, AsValue(PhantomData))
     }
 
     /// Receives a serde value, waiting at most `timeout`.
@@ -402,17 +521,15 @@ impl Connection {
         &self,
         timeout: Duration,
     ) -> Result<T, ConnectionError> {
-        let frame = self.recv_frame(Wait::Until(Instant::now() + timeout))?;
-        handle::decode(&frame.payload, frame.fds).map_err(|e| ConnectionError::Decode(e.0))
+        self.receive(Wait::after(timeout), AsValue(PhantomData))
     }
 
-    /// Receives one frame as bytes plus the descriptors that came with it.
+    /// Receives one message as bytes plus the descriptors that came with it.
     pub(crate) fn recv_raw_timeout(
         &self,
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
-        let frame = self.recv_frame(Wait::Until(Instant::now() + timeout))?;
-        Ok((frame.payload, frame.fds))
+        self.receive(Wait::after(timeout), AsFrame)
     }
 
     /// Receives one message as raw bytes (Python's `recv_bytes`). Descriptors that came with
@@ -421,7 +538,7 @@ impl Connection {
     /// # Errors
     /// As [`recv`](Self::recv).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, ConnectionError> {
-        Ok(self.recv_frame(Wait::Forever)?.payload)
+        Ok(self.receive(Wait::Forever, AsFrame)?.0)
     }
 
     /// Receives one message as raw bytes, waiting at most `timeout`.
@@ -429,9 +546,7 @@ impl Connection {
     /// # Errors
     /// As [`recv_timeout`](Self::recv_timeout).
     pub fn recv_bytes_timeout(&self, timeout: Duration) -> Result<Vec<u8>, ConnectionError> {
-        Ok(self
-            .recv_frame(Wait::Until(Instant::now() + timeout))?
-            .payload)
+        Ok(self.receive(Wait::after(timeout), AsFrame)?.0)
     }
 
     /// Receives one message into `buf` and returns its length (Python's `recv_bytes_into`).
@@ -440,9 +555,177 @@ impl Connection {
     /// [`ConnectionError::BufferTooShort`] carrying the whole message when it does not fit;
     /// otherwise as [`recv_bytes`](Self::recv_bytes).
     pub fn recv_bytes_into(&self, buf: &mut [u8]) -> Result<usize, ConnectionError> {
+        self.receive(Wait::Forever, IntoBuf(buf))
+    }
+
+    /// Whether a message (or end of file) is ready to be read, waiting at most `timeout`
+    /// (Python's `poll`; `Duration::ZERO` asks without waiting).
+    ///
+    /// # Errors
+    /// An operating-system error.
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// let (a, b) = multiprocess::Pipe::new()?;
+    /// assert!(!b.poll(Duration::ZERO)?);
+    /// a.send(&1)?;
+    /// assert!(b.poll(Duration::from_secs(1))?);
+    /// # Ok::<(), multiprocess::ConnectionError>(())
+    /// ```
+    pub fn poll(&self, timeout: Duration) -> Result<bool, ConnectionError> {
+        if !self.readable {
+            return Err(ConnectionError::WrongDirection(
+                "this end of a one-way pipe only sends",
+            ));
+        }
+        Ok(!wait(&[self], Some(timeout))?.is_empty())
+    }
+
+    /// Whether a message is ready without looking at the socket: one waits in the shared ring,
+    /// or a frame is partly received. `try_lock`: a thread blocked in `recv` holds the state,
+    /// and this must not wait for it (the socket and the ring answer then).
+    fn ready_now(&self) -> bool {
+        self.fast.as_ref().is_some_and(Fast::inbound_ready)
+            || self
+                .recv_state
+                .try_lock()
+                .is_ok_and(|s| s.header_got > 0 || s.socket_pending)
+    }
+
+    /// Another handle on the same end, for another thread or to pass to a second process (as
+    /// `std`'s `UnixStream::try_clone`). Messages sent through either are whole and in each
+    /// sender's order; each message is received by exactly one of them.
+    ///
+    /// # Errors
+    /// When the system is out of descriptors.
+    ///
+    /// # Examples
+    /// ```
+    /// let (a, b) = multiprocess::Pipe::new()?;
+    /// let a2 = a.try_clone()?;
+    /// a2.send(&"from the clone")?;
+    /// assert_eq!(b.recv::<String>()?, "from the clone");
+    /// # drop(a); Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_clone(&self) -> io::Result<Connection> {
+        let fd = socket::dup(self.fd.as_fd())?;
+        Ok(Connection::with_fast(
+            fd,
+            self.readable,
+            self.writable,
+            self.fast.as_ref().map(Fast::clone_end),
+        ))
+    }
+
+    /// Closes this end (Python's `close`). Dropping it does the same.
+    pub fn close(self) {}
+
+    fn lock_recv(&self) -> Result<std::sync::MutexGuard<'_, RecvState>, ConnectionError> {
+        if !self.readable {
+            return Err(ConnectionError::WrongDirection(
+                "this end of a one-way pipe only sends",
+            ));
+        }
+        if self.broken.load(Ordering::Relaxed) {
+            return Err(ConnectionError::Malformed(
+                "an earlier frame was malformed; this connection no longer receives".into(),
+            ));
+        }
+        Ok(self.recv_state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Receives the next message, from the shared ring or the socket, into `sink`.
+    fn receive<S: Sink>(&self, wait: Wait, sink: S) -> Result<S::Out, ConnectionError> {
         let mut st = self.lock_recv()?;
+        let Some(fast) = &self.fast else {
+            return sink.frame(self, &mut st, wait);
+        };
+        let deadline = wait.deadline();
+        let reader = fast.lock_reader(deadline).ok_or(ConnectionError::Timeout)?;
+        loop {
+            if st.socket_pending || st.header_got > 0 {
+                return sink.frame(self, &mut st, wait);
+            }
+            match reader.next() {
+                Err(why) => {
+                    self.broken.store(true, Ordering::Relaxed);
+                    return Err(ConnectionError::Malformed(why));
+                }
+                Ok(Next::Data(bytes)) => {
+                    let (len, max) = (bytes.len() as u64, self.max_len.load(Ordering::Relaxed));
+                    let out = if len > max {
+                        Err(ConnectionError::TooLarge { len, max })
+                    } else {
+                        sink.inline(bytes)
+                    };
+                    reader.consume();
+                    return out;
+                }
+                Ok(Next::Socket) => {
+                    reader.consume();
+                    st.socket_pending = true;
+                }
+                Ok(Next::Empty) => self.wait_inbound(fast, deadline)?,
+            }
+        }
+    }
+
+    /// Waits until the inbound ring has a record: spins briefly, then sleeps on the doorbell
+    /// and the socket (which tells that the peer is gone).
+    fn wait_inbound(&self, fast: &Fast, deadline: Option<Instant>) -> Result<(), ConnectionError> {
+        if fast.spin_for_inbound(deadline) {
+            return Ok(());
+        }
+        loop {
+            if fast.arm() {
+                return Ok(());
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let polled = socket::poll_readable(&[fast.inbound_bell(), self.fd.as_fd()], left);
+            fast.disarm(polled.as_ref().map_or(true, |r| r[0]));
+            let socket_ready = polled?[1];
+            if fast.inbound_ready() {
+                return Ok(());
+            }
+            if socket_ready {
+                match socket::peek_eof(self.fd.as_fd())? {
+                    Some(true) => return Err(ConnectionError::Eof),
+                    Some(false) => {
+                        self.broken.store(true, Ordering::Relaxed);
+                        return Err(ConnectionError::Malformed(
+                            "a frame arrived on the socket without its marker in the shared ring \
+                             (is this end shared with a process that gave up in the middle of a \
+                             message?)"
+                                .into(),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(ConnectionError::Timeout);
+            }
+        }
+    }
+
+    /// Reads one whole frame from the socket (resuming a partly read one).
+    fn recv_frame(&self, st: &mut RecvState, wait: Wait) -> Result<Frame, ConnectionError> {
         if st.len.is_none() {
-            self.read_header(&mut st, Wait::Forever)?;
+            self.read_header(st, wait)?;
+        }
+        self.read_payload(st, wait)
+    }
+
+    /// Reads one frame from the socket into `buf` (straight in when it fits).
+    fn recv_frame_into(
+        &self,
+        st: &mut RecvState,
+        wait: Wait,
+        buf: &mut [u8],
+    ) -> Result<usize, ConnectionError> {
+        if st.len.is_none() {
+            self.read_header(st, wait)?;
         }
         let len = st.len.unwrap_or(0);
         if st.payload_got == 0 && len <= buf.len() as u64 {
@@ -467,66 +750,12 @@ impl Connection {
             st.reset();
             return Ok(len);
         }
-        let frame = self.read_payload(&mut st, Wait::Forever)?;
+        let frame = self.read_payload(st, wait)?;
         if frame.payload.len() > buf.len() {
             return Err(ConnectionError::BufferTooShort(frame.payload));
         }
         buf[..frame.payload.len()].copy_from_slice(&frame.payload);
         Ok(frame.payload.len())
-    }
-
-    /// Whether a message (or end of file) is ready to be read, waiting at most `timeout`
-    /// (Python's `poll`; `Duration::ZERO` asks without waiting).
-    ///
-    /// # Errors
-    /// An operating-system error.
-    ///
-    /// # Examples
-    /// ```
-    /// use std::time::Duration;
-    /// let (a, b) = multiprocess::Pipe::new()?;
-    /// assert!(!b.poll(Duration::ZERO)?);
-    /// a.send(&1)?;
-    /// assert!(b.poll(Duration::from_secs(1))?);
-    /// # Ok::<(), multiprocess::ConnectionError>(())
-    /// ```
-    pub fn poll(&self, timeout: Duration) -> Result<bool, ConnectionError> {
-        if !self.readable {
-            return Err(ConnectionError::WrongDirection(
-                "this end of a one-way pipe only sends",
-            ));
-        }
-        // A partly received frame counts as ready. `try_lock`: a thread blocked in `recv` holds
-        // the state, and `poll` must not wait for it; the socket answers then.
-        if self.recv_state.try_lock().is_ok_and(|s| s.header_got > 0) {
-            return Ok(true);
-        }
-        Ok(socket::poll_readable(&[self.fd.as_fd()], Some(timeout))?[0])
-    }
-
-    /// Closes this end (Python's `close`). Dropping it does the same.
-    pub fn close(self) {}
-
-    fn lock_recv(&self) -> Result<std::sync::MutexGuard<'_, RecvState>, ConnectionError> {
-        if !self.readable {
-            return Err(ConnectionError::WrongDirection(
-                "this end of a one-way pipe only sends",
-            ));
-        }
-        if self.broken.load(Ordering::Relaxed) {
-            return Err(ConnectionError::Malformed(
-                "an earlier frame was malformed; this connection no longer receives".into(),
-            ));
-        }
-        Ok(self.recv_state.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    fn recv_frame(&self, wait: Wait) -> Result<Frame, ConnectionError> {
-        let mut st = self.lock_recv()?;
-        if st.len.is_none() {
-            self.read_header(&mut st, wait)?;
-        }
-        self.read_payload(&mut st, wait)
     }
 
     /// Waits until the socket is readable, or the deadline passes.
@@ -601,7 +830,13 @@ impl Connection {
         if st.payload_got == 0 {
             st.payload = vec![0u8; len];
         }
+        let mut progressed = false;
         while st.payload_got < len {
+            // Honour the deadline even while data keeps coming; the next call resumes.
+            if progressed && wait.expired() {
+                return Err(ConnectionError::Timeout);
+            }
+            progressed = true;
             let got = st.payload_got;
             let n = self.read_more(&mut st.payload[got..len], wait)?;
             if n == 0 {
@@ -642,7 +877,12 @@ impl Connection {
         max: u64,
     ) -> Result<Frame, ConnectionError> {
         let mut scratch = vec![0u8; 64 * 1024];
+        let mut progressed = false;
         while (st.payload_got as u64) < len {
+            if progressed && wait.expired() {
+                return Err(ConnectionError::Timeout);
+            }
+            progressed = true;
             let want = ((len - st.payload_got as u64) as usize).min(scratch.len());
             let n = self.read_more(&mut scratch[..want], wait)?;
             if n == 0 {
@@ -685,10 +925,17 @@ impl Serialize for Connection {
                 handle::serialize_borrowed(self.0, serializer)
             }
         }
-        let mut t = serializer.serialize_tuple(3)?;
+        #[derive(Serialize)]
+        struct FastWire<'a>(u8, &'a Region, Fd<'a>, Fd<'a>);
+        let fast = self.fast.as_ref().map(|f| {
+            let (end, region, bell0, bell1) = f.parts();
+            FastWire(end, region, Fd(bell0), Fd(bell1))
+        });
+        let mut t = serializer.serialize_tuple(4)?;
         t.serialize_element(&self.readable)?;
         t.serialize_element(&self.writable)?;
         t.serialize_element(&Fd(self.fd.as_fd()))?;
+        t.serialize_element(&fast)?;
         t.end()
     }
 }
@@ -696,22 +943,54 @@ impl Serialize for Connection {
 impl<'de> Deserialize<'de> for Connection {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
-        struct Wire(bool, bool, #[serde(with = "handle::fd")] OwnedFd);
-        let Wire(readable, writable, fd) = Wire::deserialize(deserializer)?;
-        Ok(Connection::from_fd(fd, readable, writable))
+        struct FastWire(
+            u8,
+            Region,
+            #[serde(with = "handle::fd")] OwnedFd,
+            #[serde(with = "handle::fd")] OwnedFd,
+        );
+        #[derive(Deserialize)]
+        struct Wire(
+            bool,
+            bool,
+            #[serde(with = "handle::fd")] OwnedFd,
+            Option<FastWire>,
+        );
+        let Wire(readable, writable, fd, fast) = Wire::deserialize(deserializer)?;
+        let fast = match fast {
+            None => None,
+            Some(FastWire(end, region, bell0, bell1)) => Some(
+                Fast::from_parts(end, region, bell0, bell1).map_err(serde::de::Error::custom)?,
+            ),
+        };
+        Ok(Connection::with_fast(fd, readable, writable, fast))
     }
 }
 
 /// Something [`wait`] can wait on: a [`Connection`] (ready when a message or end of file can
-/// be read) or a [`Process`](crate::Process) (ready when it has ended).
+/// be read), a [`Process`](crate::Process) (ready when it has ended), or a type of yours that
+/// has a descriptor which becomes readable when it is ready (Python's objects with a
+/// `fileno()`).
 pub trait Waitable {
-    /// The descriptor that becomes readable when the object is ready.
+    /// The descriptor that becomes readable when the object is ready. For a [`Connection`]
+    /// made by [`Pipe`] this is its socket, which becomes readable at end of file; messages
+    /// in its shared memory are seen by [`wait`] itself.
     fn ready_fd(&self) -> Option<BorrowedFd<'_>>;
+
+    /// The connection behind this object, for [`wait`]'s look at its shared memory.
+    #[doc(hidden)]
+    fn as_connection(&self) -> Option<&Connection> {
+        None
+    }
 }
 
 impl Waitable for Connection {
     fn ready_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.fd.as_fd())
+    }
+
+    fn as_connection(&self) -> Option<&Connection> {
+        Some(self)
     }
 }
 
@@ -735,28 +1014,66 @@ impl Waitable for Connection {
 /// # drop((b1, a2)); Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<Vec<usize>> {
-    let mut already = Vec::new();
-    let mut fds: Vec<(usize, BorrowedFd<'_>)> = Vec::new();
-    for (i, o) in objects.iter().enumerate() {
-        match o.ready_fd() {
-            Some(fd) => fds.push((i, fd)),
-            None => already.push(i),
+    /// Why a polled descriptor is in the list.
+    enum Watch<'a> {
+        /// Readable means ready.
+        Plain,
+        /// A shared ring's doorbell: ready only if the ring has a record after it rang.
+        Bell(&'a Fast),
+    }
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let mut ready = Vec::new();
+        let mut watched: Vec<(usize, Watch<'_>)> = Vec::new();
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        for (i, o) in objects.iter().enumerate() {
+            let conn = o.as_connection();
+            if conn.is_some_and(Connection::ready_now) {
+                ready.push(i);
+                continue;
+            }
+            if let Some(fast) = conn.and_then(|c| c.fast.as_ref()) {
+                if fast.arm() {
+                    ready.push(i);
+                    continue;
+                }
+                watched.push((i, Watch::Bell(fast)));
+                fds.push(fast.inbound_bell());
+            }
+            match o.ready_fd() {
+                Some(fd) => {
+                    watched.push((i, Watch::Plain));
+                    fds.push(fd);
+                }
+                None => ready.push(i),
+            }
+        }
+        // Something is ready already: only look at the rest, do not wait.
+        let left = if ready.is_empty() {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        let polled = socket::poll_readable(&fds, left);
+        for (k, (_, watch)) in watched.iter().enumerate() {
+            if let Watch::Bell(fast) = watch {
+                fast.disarm(polled.as_ref().map_or(true, |r| r[k]));
+            }
+        }
+        let polled = polled?;
+        for ((i, watch), fired) in watched.iter().zip(polled) {
+            let is_ready = match watch {
+                Watch::Plain => fired,
+                Watch::Bell(fast) => fast.inbound_ready(),
+            };
+            if is_ready {
+                ready.push(*i);
+            }
+        }
+        ready.sort_unstable();
+        ready.dedup();
+        if !ready.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(ready);
         }
     }
-    // Something is ready already: only look, do not wait.
-    let timeout = if already.is_empty() {
-        timeout
-    } else {
-        Some(Duration::ZERO)
-    };
-    let only_fds: Vec<BorrowedFd<'_>> = fds.iter().map(|(_, fd)| *fd).collect();
-    let ready = socket::poll_readable(&only_fds, timeout)?;
-    already.extend(
-        fds.iter()
-            .zip(ready)
-            .filter(|(_, r)| *r)
-            .map(|((i, _), _)| *i),
-    );
-    already.sort_unstable();
-    Ok(already)
 }
