@@ -626,7 +626,12 @@ fn server() -> Result<Arc<ForkServer>, ProcessError> {
 }
 
 impl ForkServer {
+    /// Whether the server still answers: `ctl` is readable only at end of file once no
+    /// request is in flight. The request lock is held for the look, or a reply that another
+    /// thread is about to read would pass for the server's death, and replacing a live server
+    /// would close the exit channels of the children it started (their `join` would fail).
     fn pid_alive(&self) -> bool {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         !matches!(socket::poll_readable(&[self.ctl.as_fd()], Some(Duration::ZERO)), Ok(v) if v[0])
     }
 }

@@ -8,16 +8,21 @@
 //! | 4 | `u32` | layout version (1) |
 //! | 8 | `u32` | ring capacity per direction in bytes (a power of two) |
 //! | 16 + 4e | `AtomicU32` | `holders[e]`: how many `Connection` objects hold end `e` (a hint) |
-//! | 512 + 1024d | | direction `d`, the writer's cache lines: |
+//! | 512 + 1024d | | direction `d`, each group on its own cache line: |
 //! | +0 | `AtomicU64` | `tail`: bytes ever written (the next record's position) |
-//! | +8 | [`RawLock`] | the writer lock (16 bytes) |
-//! | +24 | `AtomicU32` | `space`: futex word, moved on when room appears for a waiting writer |
-//! | +28 | `AtomicU32` | `writer_waits`: the writer sleeps for room |
-//! | +256 | `AtomicU64` | `head`: bytes ever read, the reader's cache lines: |
-//! | +264 | [`RawLock`] | the reader lock |
-//! | +280 | `AtomicU32` | `armed`: a reader may be asleep on the doorbell |
-//! | +284 | `AtomicU32` | `sleepers`: how many readers are between arming and waking |
+//! | +64 | [`RawLock`] | the writer lock (16 bytes) |
+//! | +128 | `AtomicU32` | `space`: futex word, moved on when room appears for a waiting writer |
+//! | +132 | `AtomicU32` | `writer_waits`: the writer sleeps for room |
+//! | +256 | `AtomicU64` | `head`: bytes ever read |
+//! | +320 | [`RawLock`] | the reader lock |
+//! | +384 | `AtomicU32` | `armed`: a reader may be asleep on the doorbell |
+//! | +388 | `AtomicU32` | `sleepers`: how many readers are between arming and waking |
 //! | 4096 + d × cap | bytes | the ring of direction `d` |
+//!
+//! The groups are apart so that, in the common case, each message moves only the lines it
+//! must: `tail` and the record from writer to reader. Locks stay in their holder's cache, and
+//! the writer reads `head` only when its cached copy says the ring may be full, or when it
+//! looks for evidence that the peer lives (see [`Fast::peer_gone`]).
 //!
 //! End `e` writes direction `e` and reads direction `1 - e`. Each direction also has a
 //! *doorbell*, an eventfd that its writer rings to wake a sleeping reader; both ends hold both.
@@ -88,13 +93,13 @@ const OFF_RING: usize = 8;
 const OFF_HOLDERS: usize = 16;
 
 const W_TAIL: usize = 0;
-const W_LOCK: usize = 8;
-const W_SPACE: usize = 24;
-const W_WAITS: usize = 28;
+const W_LOCK: usize = 64;
+const W_SPACE: usize = 128;
+const W_WAITS: usize = 132;
 const R_HEAD: usize = 256;
-const R_LOCK: usize = 264;
-const R_ARMED: usize = 280;
-const R_SLEEPERS: usize = 284;
+const R_LOCK: usize = 320;
+const R_ARMED: usize = 384;
+const R_SLEEPERS: usize = 388;
 
 /// How long a writer waiting for room sleeps before it checks that the peer still exists.
 pub(crate) const ROOM_SLICE: Duration = Duration::from_millis(50);
@@ -149,9 +154,11 @@ pub(crate) struct Fast {
     shared: Arc<Shared>,
     /// This end writes direction `end` and reads direction `1 - end`.
     end: usize,
-    /// The outbound `head` seen at the last send: the peer's progress since is evidence that
-    /// it is alive (see [`Fast::peer_gone`]).
+    /// The outbound `head` seen at the last look: the peer's reading since is evidence that
+    /// it is alive (see [`Fast::peer_gone`]), and room up to it is free for sure.
     last_head: AtomicU64,
+    /// The inbound `tail` seen at the last send: the peer's writing since is evidence too.
+    last_in: AtomicU64,
 }
 
 /// One direction's control words.
@@ -278,10 +285,13 @@ impl Fast {
             shared,
             end,
             last_head: AtomicU64::new(0),
+            last_in: AtomicU64::new(0),
         };
         // No evidence yet: the first send asks the socket whether the peer is there.
         let head = fast.outbound().head().load(Ordering::Acquire);
         fast.last_head.store(head, Ordering::Relaxed);
+        let tail = fast.inbound().tail().load(Ordering::Acquire);
+        fast.last_in.store(tail, Ordering::Relaxed);
         fast
     }
 
@@ -424,17 +434,24 @@ impl Fast {
         }
     }
 
-    /// Whether the peer is gone, answered without a syscall when the peer read something since
-    /// the last send (it was alive then) and its end is still held; else asks the socket.
+    /// Whether the peer is gone, answered without a syscall when the peer wrote to us or read
+    /// from us since this end's last send (it was alive then) and its end is still held; else
+    /// asks the socket.
     ///
     /// So a send never succeeds into a ring that nobody will read once the peer's end is
     /// known closed; a message sent just as the peer dies is lost with it, as it would be in
     /// the socket's buffer.
     fn peer_gone(&self, sock: BorrowedFd<'_>) -> io::Result<bool> {
-        let head = self.outbound().head().load(Ordering::Acquire);
-        let last = self.last_head.swap(head, Ordering::Relaxed);
-        if head != last && self.holders(1 - self.end).load(Ordering::Relaxed) != 0 {
-            return Ok(false);
+        if self.holders(1 - self.end).load(Ordering::Relaxed) != 0 {
+            // The inbound tail first: a reply just read is in this cache already.
+            let tail = self.inbound().tail().load(Ordering::Relaxed);
+            if self.last_in.swap(tail, Ordering::Relaxed) != tail {
+                return Ok(false);
+            }
+            let head = self.outbound().head().load(Ordering::Acquire);
+            if self.last_head.fetch_max(head, Ordering::Relaxed) < head {
+                return Ok(false);
+            }
         }
         socket::peer_closed(sock)
     }
@@ -541,9 +558,17 @@ impl Writer<'_> {
     ) -> Result<(), ConnectionError> {
         let fits =
             |head: u64| (d.cap as u64).saturating_sub(tail.wrapping_sub(head)) >= need as u64;
-        if fits(d.head().load(Ordering::Acquire))
-            || spin(None, || fits(d.head().load(Ordering::Acquire)))
-        {
+        // `head` only grows, so room seen free once stays free: look at the shared word (in
+        // the reader's cache) only when the copy says the ring may be full.
+        if fits(self.fast.last_head.load(Ordering::Relaxed)) {
+            return Ok(());
+        }
+        let fresh = || {
+            let head = d.head().load(Ordering::Acquire);
+            self.fast.last_head.fetch_max(head, Ordering::Relaxed);
+            fits(head)
+        };
+        if fresh() || spin(None, fresh) {
             return Ok(());
         }
         loop {

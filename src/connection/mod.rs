@@ -1,8 +1,18 @@
 //! `Pipe` and `Connection`: two connected ends that carry serde values, raw bytes and handles.
 //!
-//! # Wire format
-//! Every message is one *frame* on a Unix stream socket:
+//! # Two transports, one order
+//! A pipe made by [`Pipe`] is a Unix stream socketpair plus a shared-memory ring per direction
+//! (64 KiB each, in one memfd; see the layout and protocol in `connection/fast.rs`). A message
+//! of at most a quarter of the ring that carries no handle is copied into the ring: no syscall,
+//! and a receiver that is waiting spins briefly (bounded, adaptive, only while the peer may
+//! answer) before it sleeps, so a round trip between two busy processes costs about a
+//! microsecond instead of two kernel wake-ups. Every other message is a *frame* on the socket,
+//! announced by a marker record in the ring, so messages arrive in the order they were sent
+//! whichever way each went. The socket also tells a sleeping receiver that the peer is gone
+//! (end of file), and a sender that the receiver is: a send after the peer's end closed is
+//! [`ConnectionError::BrokenPipe`], as with a socket.
 //!
+//! # Frame format (the socket)
 //! ```text
 //! offset  size  field
 //! 0       4     magic  "MPC1" (0x3143_504d little-endian): catches a stream that lost sync
@@ -12,16 +22,20 @@
 //! ```
 //!
 //! A frame is written by one `sendmsg` (header and payload as two slices, descriptors as
-//! ancillary data), under a send lock, so frames from several threads never interleave. The
+//! ancillary data), under the send lock, so frames from several threads never interleave. The
 //! receiver keeps a partly read frame across calls, so `recv_timeout` can give up in the middle
-//! of a frame and a later call resumes where it stopped.
+//! of a frame and a later call resumes where it stopped. The locks of a pipe's ends live in its
+//! shared memory, so an end passed to several processes (or cloned with
+//! [`Connection::try_clone`]) still delivers each message whole and exactly once.
 //!
-//! Bad input never hangs or panics: a peer that closed gives [`ConnectionError::Eof`]; a frame
-//! longer than the receiver's limit is skipped and reported as
-//! [`ConnectionError::TooLarge`] (the connection stays usable); a payload that does not decode
-//! as the requested type is consumed and reported as [`ConnectionError::Decode`] (usable); a
-//! header that is not a header ([`ConnectionError::Malformed`]) means the stream lost its
-//! framing, so the connection is closed for receiving and says so on every later call.
+//! Bad input never hangs or panics: a peer that closed gives [`ConnectionError::Eof`] once
+//! every message it sent has been read; a message longer than the receiver's limit is skipped
+//! and reported as [`ConnectionError::TooLarge`] (the connection stays usable); a payload that
+//! does not decode as the requested type is consumed and reported as
+//! [`ConnectionError::Decode`] (usable); a header that is not a header, a damaged ring, or
+//! bytes on the socket that the ring did not announce ([`ConnectionError::Malformed`]) mean
+//! the stream lost its framing, so the connection is closed for receiving and says so on every
+//! later call.
 
 use std::fmt;
 use std::io;
@@ -71,7 +85,8 @@ pub struct Pipe;
 
 impl Pipe {
     /// A duplex pair: both ends send and receive (Python's `Pipe()` / `Pipe(duplex=True)`).
-    /// The ends are a Unix `socketpair`.
+    /// The ends are a Unix `socketpair` plus a shared-memory ring per direction, through which
+    /// small messages travel without a syscall (see the [module docs](crate::connection)).
     ///
     /// # Errors
     /// When the system is out of descriptors or memory.
@@ -88,7 +103,7 @@ impl Pipe {
     /// A one-way pair `(receiver, sender)`, in Python's order for `Pipe(duplex=False)`.
     ///
     /// It is a socketpair shut down in the other direction (not a `pipe(2)`), so that handles
-    /// can travel through it too.
+    /// can travel through it too, with the same shared-memory ring as [`Pipe::new`].
     ///
     /// # Errors
     /// When the system is out of descriptors or memory.
