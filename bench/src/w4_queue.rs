@@ -299,23 +299,10 @@ struct RawRing {
 fn raw_ring(n: usize) -> Result<f64> {
     use std::sync::atomic::Ordering::{Acquire, Release};
     let len = std::mem::size_of::<RawRing>();
-    // SAFETY: a fresh anonymous shared mapping; checked for failure below.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if ptr == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: the mapping is zeroed, large enough and aligned; all-zero is a valid RawRing
-    // (atomics and plain integers), and it stays mapped until the munmap below.
-    let ring: &RawRing = unsafe { &*(ptr as *const RawRing) };
+    let shm = crate::raw::Shm::new(len)?;
+    // SAFETY: the mapping is zeroed, large enough and page-aligned; all-zero is a valid
+    // RawRing (atomics and plain integers), and it stays mapped while `shm` lives.
+    let ring: &RawRing = unsafe { &*(shm.ptr(0, len) as *const RawRing) };
     let total = n as u64;
     let produce = || {
         ring.ready.store(1, Release);
@@ -359,8 +346,6 @@ fn raw_ring(n: usize) -> Result<f64> {
     }
     let elapsed = start.elapsed();
     let waited = child.wait();
-    // SAFETY: unmaps exactly the mapping made above; `ring` is not used after this.
-    unsafe { libc::munmap(ptr, len) };
     waited?;
     if sum != total * (total + 1) / 2 {
         return Err("raw ring lost messages".into());
