@@ -668,3 +668,71 @@ impl<'a> Reader<'a> {
         d.release(head + self.pending.replace(0) as u64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock() -> (OwnedFd, OwnedFd) {
+        socket::socketpair().unwrap()
+    }
+
+    #[test]
+    fn records_wrap_around_the_ring_intact() {
+        let (a, b) = Fast::pair().unwrap();
+        let (sa, _sb) = sock();
+        let mut expected = std::collections::VecDeque::new();
+        let mut n = 0u32;
+        for round in 0..2000usize {
+            let len = (round * 37) % (a.max_inline() + 1);
+            let msg: Vec<u8> = (0..len).map(|k| (k + round) as u8).collect();
+            a.lock_writer().push_data(&[&msg], sa.as_fd()).unwrap();
+            expected.push_back(msg);
+            n += 1;
+            // Keep two in flight (they always fit) so records end at every offset.
+            while expected.len() > 1 {
+                let r = b.lock_reader(None).unwrap();
+                match r.next().unwrap() {
+                    Next::Data(bytes) => assert!(bytes == expected.pop_front().unwrap()),
+                    _ => panic!("expected data"),
+                }
+                r.consume();
+            }
+        }
+        assert!(n > 0);
+        assert!(a.outbound().tail().load(Ordering::Relaxed) > 10 * RING as u64);
+    }
+
+    #[test]
+    fn a_damaged_ring_is_reported_not_trusted() {
+        let (a, b) = Fast::pair().unwrap();
+        let (sa, _sb) = sock();
+        a.lock_writer().push_data(&[b"hello"], sa.as_fd()).unwrap();
+        let d = a.outbound();
+        // A record longer than the data written.
+        d.write_header(0, 4000, KIND_DATA);
+        assert!(b.lock_reader(None).unwrap().next().is_err());
+        // An unknown kind.
+        d.write_header(0, 5, 99);
+        assert!(b.lock_reader(None).unwrap().next().is_err());
+        // Positions further apart than the ring.
+        d.write_header(0, 5, KIND_DATA);
+        d.tail().store(3 * RING as u64, Ordering::SeqCst);
+        assert!(b.lock_reader(None).unwrap().next().is_err());
+    }
+
+    #[test]
+    fn a_region_that_is_not_a_pipe_is_refused() {
+        let r = Region::new("test", DATA + 2 * RING).unwrap();
+        let (x, y) = sock();
+        assert!(Fast::from_parts(0, r, x, y).is_err());
+        let (a, _b) = Fast::pair().unwrap();
+        let (_, region, b0, b1) = a.parts();
+        let copy = Region::from_fd(region.as_fd().try_clone_to_owned().unwrap()).unwrap();
+        let bells = (
+            b0.try_clone_to_owned().unwrap(),
+            b1.try_clone_to_owned().unwrap(),
+        );
+        assert!(Fast::from_parts(2, copy, bells.0, bells.1).is_err());
+    }
+}
