@@ -100,7 +100,7 @@
 //! | you want | use |
 //! |---|---|
 //! | run a function in another process and get its value | [`Process`] + [`join_result`](Process::join_result) |
-//! | talk both ways with one child | [`Pipe`] |
+//! | talk both ways with one child | [`Pipe`] (small messages go through shared memory) |
 //! | many producers and consumers, fast | [`Queue`] |
 //! | know when every queued task is processed | [`JoinableQueue`] |
 //! | wait for whichever of several children or pipes is ready | [`connection::wait`] |
@@ -127,6 +127,7 @@
 //! | `a, b = Pipe()`, `Pipe(duplex=False)` | `Pipe::new()`, `Pipe::oneway()` |
 //! | `c.send(x)`, `c.recv()`, `c.poll(t)` | `send(&x)`, `recv::<T>()`, `poll(t)` |
 //! | `c.send_bytes(b)`, `c.recv_bytes()`, `c.recv_bytes_into(buf)` | the same names |
+//! | `c.fileno()`, `c.close()`, an end shared by two processes | `as_raw_fd()`, `close()`, [`Connection::try_clone`] |
 //! | `multiprocessing.connection.wait(objs, t)` | [`connection::wait`] |
 //! | `Pool(n, initializer, initargs, maxtasksperchild)` | [`Pool::new`], [`Pool::builder`] |
 //! | `pool.apply`, `apply_async`, `map`, `map_async`, `imap`, `imap_unordered`, `starmap`, `starmap_async` | the same names (`chunksize`: the `_chunked` forms) |
