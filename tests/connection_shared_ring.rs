@@ -339,3 +339,63 @@ fn recv_and_wait_in_two_threads_both_wake() {
         waiter.join().unwrap();
     });
 }
+
+/// Sends one message of `len` bytes (over the socket: far bigger than the ring).
+fn send_big((conn, len): (Connection, usize)) {
+    let _ = conn.send_bytes(&vec![0x5a; len]);
+}
+
+#[test]
+fn a_sender_killed_mid_message_on_a_shared_end_never_delivers_a_spliced_message() {
+    deadline(120, || {
+        for m in METHODS {
+            let (rx, tx) = Pipe::oneway().unwrap();
+            let len = 64 << 20;
+            let mut a = Process::builder()
+                .start_method(m)
+                .start(send_big, (tx.try_clone().unwrap(), len))
+                .unwrap();
+            // The marker is in the ring; the frame fills the socket's buffer and the sender
+            // blocks in the middle of it, holding the writer lock.
+            assert!(rx.poll(Duration::from_secs(10)).unwrap(), "{m}");
+            std::thread::sleep(Duration::from_millis(200));
+            a.kill().unwrap();
+            a.join().unwrap();
+            // A second holder of the end sends: it takes the dead sender's lock over, and its
+            // bytes would complete the dead sender's frame.
+            let mut b = Process::builder()
+                .start_method(m)
+                .start(send_big, (tx, len))
+                .unwrap();
+            match rx.recv_bytes() {
+                Err(ConnectionError::Malformed(why)) => assert!(why.contains("died"), "{m}: {why}"),
+                Err(e) => panic!("{m}: {e}"),
+                Ok(v) => panic!("{m}: a spliced message of {} bytes was delivered", v.len()),
+            }
+            assert!(matches!(
+                rx.recv_bytes().unwrap_err(),
+                ConnectionError::Malformed(_)
+            ));
+            drop(rx);
+            b.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_sender_killed_mid_message_gives_eof_not_half_a_message() {
+    deadline(60, || {
+        for m in METHODS {
+            let (rx, tx) = Pipe::oneway().unwrap();
+            let mut a = Process::builder()
+                .start_method(m)
+                .start(send_big, (tx, 64 << 20))
+                .unwrap();
+            assert!(rx.poll(Duration::from_secs(10)).unwrap(), "{m}");
+            std::thread::sleep(Duration::from_millis(100));
+            a.kill().unwrap();
+            a.join().unwrap();
+            assert!(rx.recv_bytes().unwrap_err().is_eof(), "{m}");
+        }
+    });
+}

@@ -13,6 +13,8 @@
 //! | +64 | [`RawLock`] | the writer lock (16 bytes) |
 //! | +128 | `AtomicU32` | `space`: futex word, moved on when room appears for a waiting writer |
 //! | +132 | `AtomicU32` | `writer_waits`: the writer sleeps for room |
+//! | +136 | `AtomicU32` | `frame_open`: a writer is sending a frame on the socket |
+//! | +140 | `AtomicU32` | `poisoned`: a writer died in the middle of a socket frame |
 //! | +256 | `AtomicU64` | `head`: bytes ever read |
 //! | +320 | [`RawLock`] | the reader lock |
 //! | +384 | `AtomicU32` | `armed`: a reader may be asleep on the doorbell |
@@ -59,6 +61,13 @@
 //!   record written before the frame, so a reader is never blocked by a frame it has not been
 //!   told about while the writer is blocked by it), and it tells both sides that the peer is
 //!   gone (end of file for a sleeping reader; `POLLHUP` for a writer, see [`Fast::peer_gone`]).
+//! - **A writer that dies in the middle of a socket frame** leaves the byte stream without
+//!   framing. If it was the only holder of its end, the reader gets end of file. If another
+//!   process holds the end too, the next writer takes the lock over, finds `frame_open` set,
+//!   and stores `poisoned` before it sends a byte; the reader checks `poisoned` after every
+//!   socket frame, so the frame made of the dead writer's half and the next writer's bytes is
+//!   never delivered: the connection reports [`Malformed`](super::ConnectionError::Malformed)
+//!   and stops receiving. Ring messages need none of this: they are published whole.
 
 use std::cell::Cell;
 use std::io;
@@ -70,7 +79,7 @@ use std::time::{Duration, Instant};
 use super::ConnectionError;
 use crate::handle::TrackedFd;
 use crate::region::Region;
-use crate::sync::raw::RawLock;
+use crate::sync::raw::{Acquired, RawLock};
 use crate::sys::shm::{futex_wait, futex_wake, Woken};
 use crate::sys::{doorbell, socket};
 
@@ -96,6 +105,8 @@ const W_TAIL: usize = 0;
 const W_LOCK: usize = 64;
 const W_SPACE: usize = 128;
 const W_WAITS: usize = 132;
+const W_FRAME_OPEN: usize = 136;
+const W_POISONED: usize = 140;
 const R_HEAD: usize = 256;
 const R_LOCK: usize = 320;
 const R_ARMED: usize = 384;
@@ -188,6 +199,12 @@ impl<'a> Dir<'a> {
     }
     fn writer_waits(&self) -> &'a AtomicU32 {
         self.region.get(self.base + W_WAITS)
+    }
+    fn frame_open(&self) -> &'a AtomicU32 {
+        self.region.get(self.base + W_FRAME_OPEN)
+    }
+    fn poisoned(&self) -> &'a AtomicU32 {
+        self.region.get(self.base + W_POISONED)
     }
     fn armed(&self) -> &'a AtomicU32 {
         self.region.get(self.base + R_ARMED)
@@ -458,10 +475,21 @@ impl Fast {
 
     /// Takes the writer lock (shared by every thread and process holding this end).
     pub(crate) fn lock_writer(&self) -> Writer<'_> {
-        // A writer that died holding it published nothing (tail is stored last): nothing to
-        // repair, so how the lock was acquired does not matter.
-        let _ = self.outbound().writer_lock().lock(None);
+        let d = self.outbound();
+        // A writer that died holding it published nothing in the ring (tail is stored last);
+        // but if it was sending a frame, the socket's stream lost its framing.
+        if let Some(Acquired::OwnerDied(_)) = d.writer_lock().lock(None) {
+            if d.frame_open().swap(0, Ordering::SeqCst) != 0 {
+                d.poisoned().store(1, Ordering::SeqCst);
+            }
+        }
         Writer { fast: self }
+    }
+
+    /// Whether a writer died in the middle of a socket frame of the inbound direction (see
+    /// the module notes): checked after each frame read, before delivering it.
+    pub(crate) fn inbound_poisoned(&self) -> bool {
+        self.inbound().poisoned().load(Ordering::SeqCst) != 0
     }
 
     /// Takes the reader lock, waiting at most until `deadline`.
@@ -506,9 +534,24 @@ impl Writer<'_> {
         self.push(KIND_DATA, parts, len, sock)
     }
 
-    /// Appends the marker of a frame that follows on the socket.
-    pub(crate) fn push_socket_marker(&self, sock: BorrowedFd<'_>) -> Result<(), ConnectionError> {
-        self.push(KIND_SOCKET, &[], 0, sock)
+    /// Appends the marker of a frame, then sends the frame (`parts`, header included) on the
+    /// socket, keeping `frame_open` set while it does.
+    pub(crate) fn send_frame(
+        &self,
+        parts: &[&[u8]],
+        fds: &[BorrowedFd<'_>],
+        sock: BorrowedFd<'_>,
+    ) -> Result<(), ConnectionError> {
+        self.push(KIND_SOCKET, &[], 0, sock)?;
+        let d = self.fast.outbound();
+        d.frame_open().store(1, Ordering::SeqCst);
+        let sent = socket::send_all(sock, parts, fds);
+        if sent.is_err() {
+            // Part of the frame may be out: no later frame could be told apart from it.
+            d.poisoned().store(1, Ordering::SeqCst);
+        }
+        d.frame_open().store(0, Ordering::SeqCst);
+        sent.map_err(ConnectionError::from)
     }
 
     fn push(
@@ -524,8 +567,9 @@ impl Writer<'_> {
         }
         let d = fast.outbound();
         let need = REC + round8(len);
-        // Only writers move `tail`, and this one holds the lock.
-        let mut tail = d.tail().load(Ordering::Relaxed);
+        // Only writers move `tail`, and this one holds the lock. `Acquire`: a writer that died
+        // holding the lock (taken over, not released) may have published last.
+        let mut tail = d.tail().load(Ordering::Acquire);
         let pos = (tail as usize) & (d.cap - 1);
         let to_end = d.cap - pos;
         let pad = if need > to_end { to_end } else { 0 };
@@ -614,7 +658,8 @@ impl<'a> Reader<'a> {
     pub(crate) fn next(&self) -> Result<Next<'a>, String> {
         let d = self.fast.inbound();
         loop {
-            let head = d.head().load(Ordering::Relaxed);
+            // Only readers move `head`, under the lock; `Acquire` as for `tail` in `push`.
+            let head = d.head().load(Ordering::Acquire);
             let tail = d.tail().load(Ordering::Acquire);
             if head == tail {
                 return Ok(Next::Empty);
@@ -664,7 +709,7 @@ impl<'a> Reader<'a> {
     /// bytes must not be used after this.
     pub(crate) fn consume(&self) {
         let d = self.fast.inbound();
-        let head = d.head().load(Ordering::Relaxed);
+        let head = d.head().load(Ordering::Acquire);
         d.release(head + self.pending.replace(0) as u64);
     }
 }

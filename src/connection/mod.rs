@@ -476,11 +476,7 @@ impl Connection {
         all.extend_from_slice(parts);
         socket::check_fd_count(fds.len())?;
         match &self.fast {
-            Some(fast) => {
-                let writer = fast.lock_writer();
-                writer.push_socket_marker(self.fd.as_fd())?;
-                socket::send_all(self.fd.as_fd(), &all, fds).map_err(ConnectionError::from)
-            }
+            Some(fast) => fast.lock_writer().send_frame(&all, fds, self.fd.as_fd()),
             None => {
                 let _guard = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
                 socket::send_all(self.fd.as_fd(), &all, fds).map_err(ConnectionError::from)
@@ -660,7 +656,16 @@ impl Connection {
         let reader = fast.lock_reader(deadline).ok_or(ConnectionError::Timeout)?;
         loop {
             if st.socket_pending || st.header_got > 0 {
-                return sink.frame(self, &mut st, wait);
+                let out = sink.frame(self, &mut st, wait);
+                if !matches!(out, Err(ConnectionError::Timeout)) && fast.inbound_poisoned() {
+                    self.broken.store(true, Ordering::Relaxed);
+                    return Err(ConnectionError::Malformed(
+                        "a sender on this pipe died in the middle of a message; the messages \
+                         after it cannot be told apart, so this end no longer receives"
+                            .into(),
+                    ));
+                }
+                return out;
             }
             match reader.next() {
                 Err(why) => {
