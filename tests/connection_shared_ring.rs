@@ -399,3 +399,53 @@ fn a_sender_killed_mid_message_gives_eof_not_half_a_message() {
         }
     });
 }
+
+/// Receives one message; says what happened.
+fn recv_report(conn: Connection) -> String {
+    match conn.recv_bytes() {
+        Ok(v) => format!("ok {}", v.len()),
+        Err(ConnectionError::Malformed(why)) => format!("malformed: {why}"),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// Starts receiving a message, gives up in its middle (1 ms cannot carry 64 MiB), then
+/// waits to be killed.
+fn give_up_mid_message(conn: Connection) {
+    assert!(conn.poll(Duration::from_secs(10)).unwrap());
+    let e = conn
+        .recv_bytes_timeout(Duration::from_millis(1))
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn a_receiver_killed_mid_message_on_a_shared_end_leaves_no_half_read_stream() {
+    deadline(120, || {
+        for m in METHODS {
+            let (rx, tx) = Pipe::oneway().unwrap();
+            let sender = std::thread::spawn(move || tx.send_bytes(&vec![1u8; 64 << 20]));
+            let mut r1 = Process::builder()
+                .start_method(m)
+                .start(give_up_mid_message, rx.try_clone().unwrap())
+                .unwrap();
+            // r1 takes the marker and reads part of the frame, then dies in the middle.
+            std::thread::sleep(Duration::from_millis(500));
+            assert!(r1.is_alive(), "{m}");
+            r1.kill().unwrap();
+            r1.join().unwrap();
+            let mut r2 = Process::builder()
+                .start_method(m)
+                .start(recv_report, rx)
+                .unwrap();
+            let report = r2.join_result().unwrap();
+            let sent = sender.join().unwrap();
+            assert!(
+                report.starts_with("malformed"),
+                "{m}: {report} (sender: {sent:?})"
+            );
+            assert!(sent.is_err(), "{m}: no reader is left");
+        }
+    });
+}

@@ -17,6 +17,7 @@
 //! | +140 | `AtomicU32` | `poisoned`: a writer died in the middle of a socket frame |
 //! | +256 | `AtomicU64` | `head`: bytes ever read |
 //! | +320 | [`RawLock`] | the reader lock |
+//! | +336 | `AtomicU32` | `reading_frame`: a reader took a `SOCKET` marker and has not read all of its frame |
 //! | +384 | `AtomicU32` | `armed`: a reader may be asleep on the doorbell |
 //! | +388 | `AtomicU32` | `sleepers`: how many readers are between arming and waking |
 //! | 4096 + d × cap | bytes | the ring of direction `d` |
@@ -68,6 +69,10 @@
 //!   socket frame, so the frame made of the dead writer's half and the next writer's bytes is
 //!   never delivered: the connection reports [`Malformed`](super::ConnectionError::Malformed)
 //!   and stops receiving. Ring messages need none of this: they are published whole.
+//!   Likewise a reader that took a `SOCKET` marker sets `reading_frame` until it has read the
+//!   whole frame; a reader that gets the lock and finds it set while it is not itself in the
+//!   middle of that frame (its holder died, or gave up on a timeout) cannot find the next
+//!   frame's start, and reports `Malformed` instead of reading from the middle of a message.
 
 use std::cell::Cell;
 use std::io;
@@ -109,6 +114,7 @@ const W_FRAME_OPEN: usize = 136;
 const W_POISONED: usize = 140;
 const R_HEAD: usize = 256;
 const R_LOCK: usize = 320;
+const R_FRAME: usize = 336;
 const R_ARMED: usize = 384;
 const R_SLEEPERS: usize = 388;
 
@@ -205,6 +211,9 @@ impl<'a> Dir<'a> {
     }
     fn poisoned(&self) -> &'a AtomicU32 {
         self.region.get(self.base + W_POISONED)
+    }
+    fn reading_frame(&self) -> &'a AtomicU32 {
+        self.region.get(self.base + R_FRAME)
     }
     fn armed(&self) -> &'a AtomicU32 {
         self.region.get(self.base + R_ARMED)
@@ -703,6 +712,19 @@ impl<'a> Reader<'a> {
                 other => return Err(format!("unknown pipe ring record kind {other}")),
             }
         }
+    }
+
+    /// Whether some reader is in the middle of a socket frame (see the module notes).
+    pub(crate) fn frame_in_progress(&self) -> bool {
+        self.fast.inbound().reading_frame().load(Ordering::Acquire) != 0
+    }
+
+    /// Marks the start or the end of reading a socket frame.
+    pub(crate) fn set_frame_in_progress(&self, reading: bool) {
+        self.fast
+            .inbound()
+            .reading_frame()
+            .store(u32::from(reading), Ordering::Release);
     }
 
     /// Gives back the room of the record returned by the last [`next`](Self::next); its

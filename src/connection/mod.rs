@@ -58,6 +58,8 @@ use fast::{Fast, Next};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPC1");
 const HEADER: usize = 16;
+/// The most one read with a deadline takes (see `read_more`).
+const TIMED_READ_SLICE: usize = 1 << 20;
 /// The default largest message a connection accepts: 4 GiB.
 pub const DEFAULT_MAX_MESSAGE_LEN: u64 = 1 << 32;
 
@@ -654,10 +656,23 @@ impl Connection {
         };
         let deadline = wait.deadline();
         let reader = fast.lock_reader(deadline).ok_or(ConnectionError::Timeout)?;
+        if reader.frame_in_progress() && !st.socket_pending {
+            self.broken.store(true, Ordering::Relaxed);
+            return Err(ConnectionError::Malformed(
+                "another holder of this end stopped in the middle of a message (it died, or \
+                 gave up on a timeout); the next message's start cannot be found, so this end \
+                 no longer receives"
+                    .into(),
+            ));
+        }
         loop {
             if st.socket_pending || st.header_got > 0 {
                 let out = sink.frame(self, &mut st, wait);
-                if !matches!(out, Err(ConnectionError::Timeout)) && fast.inbound_poisoned() {
+                let done = !matches!(out, Err(ConnectionError::Timeout));
+                if done {
+                    reader.set_frame_in_progress(false);
+                }
+                if done && fast.inbound_poisoned() {
                     self.broken.store(true, Ordering::Relaxed);
                     return Err(ConnectionError::Malformed(
                         "a sender on this pipe died in the middle of a message; the messages \
@@ -683,6 +698,7 @@ impl Connection {
                     return out;
                 }
                 Ok(Next::Socket) => {
+                    reader.set_frame_in_progress(true);
                     reader.consume();
                     st.socket_pending = true;
                 }
@@ -880,7 +896,12 @@ impl Connection {
             self.wait_readable(wait)?;
             let read = match wait {
                 Wait::Forever => socket::read_some(self.fd.as_fd(), buf),
-                Wait::Until(_) => socket::recv_some(self.fd.as_fd(), buf, &mut Vec::new(), true),
+                // One read goes on while the sender keeps the socket fed, so a read with a
+                // deadline takes at most a slice: the deadline is looked at between slices.
+                Wait::Until(_) => {
+                    let slice = buf.len().min(TIMED_READ_SLICE);
+                    socket::recv_some(self.fd.as_fd(), &mut buf[..slice], &mut Vec::new(), true)
+                }
             };
             match read {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
