@@ -136,6 +136,27 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
 }
 
+/// Runs `f` (an encoding with any serde format) while collecting the descriptors of the
+/// handles it serializes; returns its result and those descriptors, borrowed from the value
+/// being encoded.
+pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
+    let _ = OUTGOING.try_with(|s| s.borrow_mut().push(Vec::new()));
+    let r = f();
+    let fds = OUTGOING
+        .try_with(|s| s.borrow_mut().pop().unwrap_or_default())
+        .unwrap_or_default();
+    (r, fds)
+}
+
+/// Runs `f` (a decoding with any serde format) with `fds` available to the handles it
+/// deserializes; descriptors that no handle claims are closed.
+pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    let _ = INCOMING.try_with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
+    let r = f();
+    let _ = INCOMING.try_with(|s| s.borrow_mut().pop());
+    r
+}
+
 /// The descriptors owned by the crate's handles in this process.
 static TRACKED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 

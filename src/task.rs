@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::Connection;
 use crate::handle;
+use crate::pool::wire;
 
 /// What a child reports on its status channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -208,14 +209,6 @@ pub(crate) fn run_target<T: Run>(value: T) -> T::Output {
 // ---------------------------------------------------------------------------------------------
 // Pool tasks
 
-/// What a pool worker sends back for one unit of work (one task, or one chunk of a map): the
-/// encoded [`UnitOut`] and the descriptors of the handles inside the results.
-#[derive(Debug)]
-pub(crate) struct UnitOutput {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) fds: Vec<OwnedFd>,
-}
-
 /// The results of one unit, as the worker encodes them for `R`.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum UnitOut<R> {
@@ -227,9 +220,11 @@ pub(crate) enum UnitOut<R> {
     Failed(String),
 }
 
-/// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`),
-/// runs the target on each inside `catch_unwind`, and encodes the results as a [`UnitOut`].
-pub(crate) type PoolEntry = fn(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput;
+/// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`,
+/// in the pool's wire format), runs the target on each inside `catch_unwind`, and appends the
+/// results, encoded as a [`UnitOut`], to `out`. Returns the descriptors of the handles inside
+/// the results (duplicates: the values are dropped on return).
+pub(crate) type PoolEntry = fn(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Vec<OwnedFd>;
 
 /// The offset of the pool entry of target type `F` from the anchor.
 pub(crate) fn pool_entry_offset<F, A, R>() -> i64
@@ -255,76 +250,68 @@ pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
     unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
 }
 
-fn pool_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput
+fn pool_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Vec<OwnedFd>
 where
     F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let items: Vec<A> = match handle::decode(args, fds) {
+    let items: Vec<A> = match wire::decode(args, fds) {
         Ok(a) => a,
         Err(e) => {
-            return encode_unit::<R>(&UnitOut::Failed(format!(
-                "cannot decode the task's argument: {e}"
-            )))
+            return encode_unit::<R>(
+                &UnitOut::Failed(format!("cannot decode the task's argument: {e}")),
+                out,
+            )
         }
     };
     // SAFETY: as in `entry`: `F` is zero-sized (asserted in `pool_entry_offset`, the only way
     // this function is named), inhabited, `Copy`, and has no validity requirements.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
-    let mut values = Vec::with_capacity(items.len());
-    let mut failed = false;
+    let mut all: Vec<R> = Vec::with_capacity(items.len());
+    // Only once an item panicked: per item, the value or the panic message.
+    let mut mixed: Option<Vec<Result<R, String>>> = None;
     for item in items {
-        match catch_unwind(AssertUnwindSafe(|| f(item))) {
-            Ok(v) => values.push(Ok(v)),
-            Err(payload) => {
-                failed = true;
-                values.push(Err(panic_message(&*payload)));
+        let r =
+            catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|payload| panic_message(&*payload));
+        match (&mut mixed, r) {
+            (None, Ok(v)) => all.push(v),
+            (None, Err(msg)) => {
+                let mut m: Vec<Result<R, String>> = all.drain(..).map(Ok).collect();
+                m.push(Err(msg));
+                mixed = Some(m);
             }
+            (Some(m), r) => m.push(r),
         }
     }
-    if failed {
-        encode_unit(&UnitOut::Mixed(values))
-    } else {
-        let all: Vec<R> = values.into_iter().flatten().collect();
-        encode_unit(&UnitOut::All(all))
+    match mixed {
+        Some(m) => encode_unit(&UnitOut::Mixed(m), out),
+        None => encode_unit(&UnitOut::All(all), out),
     }
 }
 
-fn encode_unit<R: Serialize>(out: &UnitOut<R>) -> UnitOutput {
-    match handle::encode(out) {
-        Ok(enc) => {
-            // The values are dropped after this call: keep their descriptors open by duplicates.
-            let mut fds = Vec::with_capacity(enc.fds.len());
-            // SAFETY: `out` is borrowed for this whole call, so its descriptors are open.
-            for fd in unsafe { enc.borrowed_fds() } {
-                match fd.try_clone_to_owned() {
-                    Ok(dup) => fds.push(dup),
-                    Err(e) => {
-                        return encode_unit::<R>(&UnitOut::Failed(format!(
-                            "cannot pass a handle in the result: {e}"
-                        )))
-                    }
-                }
-            }
-            UnitOutput {
-                bytes: enc.bytes,
-                fds,
+/// Appends `unit` to `out`; a failure to encode it (or to keep its handles) is encoded as
+/// [`UnitOut::Failed`] instead.
+fn encode_unit<R: Serialize>(unit: &UnitOut<R>, out: &mut Vec<u8>) -> Vec<OwnedFd> {
+    let at = out.len();
+    let why = match wire::encode_into_vec(unit, out) {
+        Ok(raw) => {
+            // The values are dropped after this call: keep their descriptors open by
+            // duplicates.
+            // SAFETY: `unit` is borrowed for this whole call, so its descriptors are open.
+            let borrowed = unsafe { handle::borrow_all(&raw) };
+            match borrowed
+                .iter()
+                .map(|fd| fd.try_clone_to_owned())
+                .collect::<std::io::Result<Vec<OwnedFd>>>()
+            {
+                Ok(fds) => return fds,
+                Err(e) => format!("cannot pass a handle in the result: {e}"),
             }
         }
-        Err(e) => {
-            let failed: UnitOut<R> =
-                UnitOut::Failed(format!("cannot serialize the task's return value: {e}"));
-            match handle::encode(&failed) {
-                Ok(enc) => UnitOutput {
-                    bytes: enc.bytes,
-                    fds: Vec::new(),
-                },
-                Err(_) => UnitOutput {
-                    bytes: Vec::new(),
-                    fds: Vec::new(),
-                },
-            }
-        }
-    }
+        Err(e) => format!("cannot serialize the task's return value: {e}"),
+    };
+    out.truncate(at);
+    let _ = wire::encode_into_vec(&UnitOut::<R>::Failed(why), out);
+    Vec::new()
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::{Kind, PoolError};
-use crate::handle;
+use super::wire;
 use crate::task::{self, UnitOut};
 
 /// The receiving end of a unit of work, type-erased for the pool's result handler.
@@ -37,7 +37,7 @@ fn decode_chunk<R: DeserializeOwned>(
     fds: Vec<OwnedFd>,
     pid: i32,
 ) -> Chunk<R> {
-    match handle::decode::<UnitOut<R>>(bytes, fds) {
+    match wire::decode::<UnitOut<R>>(bytes, fds) {
         Ok(UnitOut::All(v)) if v.len() == count => Chunk::Values(v),
         Ok(UnitOut::Mixed(v)) if v.len() == count => Chunk::Mixed(
             v.into_iter()
