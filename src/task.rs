@@ -220,6 +220,17 @@ pub(crate) enum UnitOut<R> {
     Failed(String),
 }
 
+impl<R> UnitOut<R> {
+    /// When `bytes` (in the pool's wire format) hold `UnitOut::All`, the bytes of its
+    /// `Vec<R>`: the variant index is a `u32`, and `All` is variant 0.
+    pub(crate) fn all_values(bytes: &[u8]) -> Option<&[u8]> {
+        match bytes.split_first_chunk::<4>() {
+            Some(([0, 0, 0, 0], rest)) => Some(rest),
+            _ => None,
+        }
+    }
+}
+
 /// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`,
 /// in the pool's wire format), runs the target on each inside `catch_unwind`, and appends the
 /// results, encoded as a [`UnitOut`], to `out`. Returns the descriptors of the handles inside

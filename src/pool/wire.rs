@@ -417,24 +417,54 @@ impl<O: Out> ser::SerializeStructVariant for &mut Ser<O> {
 /// Decodes a `T` from all of `bytes`, handing it the descriptors that came with them (those
 /// it does not claim are closed).
 pub(crate) fn decode<T: de::DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
+    decode_seed(bytes, fds, std::marker::PhantomData::<T>)
+}
+
+/// As [`decode`], through a seed (to decode into an existing value, say).
+pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    fds: Vec<OwnedFd>,
+    seed: S,
+) -> Result<S::Value> {
     handle::receiving(fds, || {
         let mut de = De { input: bytes };
-        let value = T::deserialize(&mut de).map_err(|e| {
-            WireError(format!(
-                "the message does not decode as `{}`: {e}",
-                std::any::type_name::<T>()
-            ))
-        })?;
+        let what = || std::any::type_name::<S::Value>();
+        let value = seed
+            .deserialize(&mut de)
+            .map_err(|e| WireError(format!("the message does not decode as `{}`: {e}", what())))?;
         if de.input.is_empty() {
             Ok(value)
         } else {
             Err(WireError(format!(
                 "the message does not match the type `{}`: {} bytes were left over",
-                std::any::type_name::<T>(),
+                what(),
                 de.input.len()
             )))
         }
     })
+}
+
+/// A seed that decodes a sequence onto the end of a `Vec` (no second buffer, no copy).
+pub(crate) struct Append<'a, T>(pub(crate) &'a mut Vec<T>);
+
+impl<'de, T: de::Deserialize<'de>> DeserializeSeed<'de> for Append<'_, T> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: de::Deserialize<'de>> Visitor<'de> for Append<'_, T> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(v) = seq.next_element()? {
+            self.0.push(v);
+        }
+        Ok(())
+    }
 }
 
 /// The deserializer: reads from the front of `input`.
