@@ -157,6 +157,21 @@ pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// The depths of this thread's outgoing and incoming descriptor stacks.
+pub(crate) fn depths() -> (usize, usize) {
+    (
+        OUTGOING.try_with(|s| s.borrow().len()).unwrap_or(0),
+        INCOMING.try_with(|s| s.borrow().len()).unwrap_or(0),
+    )
+}
+
+/// Drops the frames pushed on the descriptor stacks since `depths` was taken: those a panic
+/// left behind when it unwound through an encoding or decoding.
+pub(crate) fn restore_depths((out, inc): (usize, usize)) {
+    let _ = OUTGOING.try_with(|s| s.borrow_mut().truncate(out));
+    let _ = INCOMING.try_with(|s| s.borrow_mut().truncate(inc));
+}
+
 /// The descriptors owned by the crate's handles in this process.
 static TRACKED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 

@@ -209,8 +209,19 @@ pub(crate) fn run_target<T: Run>(value: T) -> T::Output {
 // ---------------------------------------------------------------------------------------------
 // Pool tasks
 
-/// The results of one unit, as the worker encodes them for `R`.
-#[derive(Debug, Serialize, Deserialize)]
+/// The results of one unit, decoded.
+///
+/// # Layout (the pool's wire format, see `pool/wire.rs`)
+/// A `u32` variant, then:
+/// - `ALL` (0): a `u64` count `n`, then the `n` values (exactly the wire encoding of a
+///   `Vec<R>`: the fast path, decoded straight into a map's output);
+/// - `MIXED` (1): a `u64` count `n`, the values of the items that returned (in order), then the
+///   list of the items that panicked (`Vec<(u64 item, String message)>`), then a `u64`: the
+///   offset of that list from the start of the unit. The worker writes values as they come
+///   and only learns at the end that some item panicked, so the list goes last;
+/// - `FAILED` (2): a `String`: the unit could not run at all (its argument did not decode,
+///   say).
+#[derive(Debug)]
 pub(crate) enum UnitOut<R> {
     /// Every item returned: the values, in order (the fast path).
     All(Vec<R>),
@@ -220,15 +231,76 @@ pub(crate) enum UnitOut<R> {
     Failed(String),
 }
 
+const ALL: u32 = 0;
+const MIXED: u32 = 1;
+const FAILED: u32 = 2;
+
 impl<R> UnitOut<R> {
-    /// When `bytes` (in the pool's wire format) hold `UnitOut::All`, the bytes of its
-    /// `Vec<R>`: the variant index is a `u32`, and `All` is variant 0.
+    /// When `bytes` hold `UnitOut::All`, the bytes of its `Vec<R>`.
     pub(crate) fn all_values(bytes: &[u8]) -> Option<&[u8]> {
         match bytes.split_first_chunk::<4>() {
-            Some(([0, 0, 0, 0], rest)) => Some(rest),
+            Some((v, rest)) if u32::from_le_bytes(*v) == ALL => Some(rest),
             _ => None,
         }
     }
+}
+
+impl<R: DeserializeOwned> UnitOut<R> {
+    /// Decodes a unit's results.
+    pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<UnitOut<R>, String> {
+        let bad = |e: wire::WireError| e.0;
+        let Some((v, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err("empty unit results".into());
+        };
+        match u32::from_le_bytes(*v) {
+            ALL => wire::decode(rest, fds).map(UnitOut::All).map_err(bad),
+            FAILED => wire::decode(rest, fds).map(UnitOut::Failed).map_err(bad),
+            MIXED => {
+                let short = || "unit results cut short".to_string();
+                let (n, values) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+                let n = u64::from_le_bytes(*n);
+                let (list_at, _) = bytes
+                    .len()
+                    .checked_sub(8)
+                    .map(|e| bytes.split_at(e))
+                    .ok_or_else(short)?;
+                let offset =
+                    u64::from_le_bytes(bytes[list_at.len()..].try_into().map_err(|_| short())?);
+                let offset = usize::try_from(offset).map_err(|_| short())?;
+                if offset < 12 || offset > list_at.len() {
+                    return Err("bad unit results".into());
+                }
+                let panics: Vec<(u64, String)> =
+                    wire::decode(&bytes[offset..list_at.len()], Vec::new()).map_err(bad)?;
+                let ok = n
+                    .checked_sub(panics.len() as u64)
+                    .and_then(|m| usize::try_from(m).ok())
+                    .ok_or("bad unit results")?;
+                let values = &values[..offset - 12];
+                let values: Vec<R> = wire::decode_n(values, fds, ok).map_err(bad)?;
+                let mut values = values.into_iter();
+                let mut panics = panics.into_iter().peekable();
+                let mut all = Vec::with_capacity(values.len() + panics.len());
+                for k in 0..n {
+                    match panics.next_if(|(i, _)| *i == k) {
+                        Some((_, message)) => all.push(Err(message)),
+                        None => all.push(Ok(values.next().ok_or("bad unit results")?)),
+                    }
+                }
+                if panics.next().is_some() {
+                    return Err("bad unit results".into());
+                }
+                Ok(UnitOut::Mixed(all))
+            }
+            other => Err(format!("unknown unit results kind {other}")),
+        }
+    }
+}
+
+/// Appends `UnitOut::Failed(message)` to `out`.
+pub(crate) fn encode_failed(message: String, out: &mut Vec<u8>) {
+    out.extend_from_slice(&FAILED.to_le_bytes());
+    let _ = wire::encode_into_vec(&message, out);
 }
 
 /// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`,
@@ -267,62 +339,79 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let items: Vec<A> = match wire::decode(args, fds) {
-        Ok(a) => a,
-        Err(e) => {
-            return encode_unit::<R>(
-                &UnitOut::Failed(format!("cannot decode the task's argument: {e}")),
-                out,
-            )
-        }
+    let at = out.len();
+    // Values whose descriptors the encoding borrowed, alive until they are duplicated below.
+    // A type without drop glue owns no descriptor, so its values need no keeping.
+    let mut keep: Vec<R> = Vec::new();
+    let (ran, raw) =
+        handle::collecting(|| handle::receiving(fds, || run_unit::<F, A, R>(args, out, &mut keep)));
+    let why = match ran {
+        // SAFETY: the values whose descriptors were collected are in `keep` (or own none).
+        Ok(()) => match unsafe { handle::borrow_all(&raw) }
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<std::io::Result<Vec<OwnedFd>>>()
+        {
+            Ok(fds) => return fds,
+            Err(e) => format!("cannot pass a handle in the result: {e}"),
+        },
+        Err(why) => why,
     };
+    out.truncate(at);
+    encode_failed(why, out);
+    Vec::new()
+}
+
+/// Decodes the items one at a time, runs the target on each inside `catch_unwind`, and
+/// encodes each value as it comes: the unit's arguments and values are never held as whole
+/// vectors (one pass over the memory instead of four).
+fn run_unit<F, A, R>(args: &[u8], out: &mut Vec<u8>, keep: &mut Vec<R>) -> Result<(), String>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
     // SAFETY: as in `entry`: `F` is zero-sized (asserted in `pool_entry_offset`, the only way
     // this function is named), inhabited, `Copy`, and has no validity requirements.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
-    let mut all: Vec<R> = Vec::with_capacity(items.len());
-    // Only once an item panicked: per item, the value or the panic message.
-    let mut mixed: Option<Vec<Result<R, String>>> = None;
-    for item in items {
-        let r =
-            catch_unwind(AssertUnwindSafe(|| f(item))).map_err(|payload| panic_message(&*payload));
-        match (&mut mixed, r) {
-            (None, Ok(v)) => all.push(v),
-            (None, Err(msg)) => {
-                let mut m: Vec<Result<R, String>> = all.drain(..).map(Ok).collect();
-                m.push(Err(msg));
-                mixed = Some(m);
-            }
-            (Some(m), r) => m.push(r),
-        }
-    }
-    match mixed {
-        Some(m) => encode_unit(&UnitOut::Mixed(m), out),
-        None => encode_unit(&UnitOut::All(all), out),
-    }
-}
-
-/// Appends `unit` to `out`; a failure to encode it (or to keep its handles) is encoded as
-/// [`UnitOut::Failed`] instead.
-fn encode_unit<R: Serialize>(unit: &UnitOut<R>, out: &mut Vec<u8>) -> Vec<OwnedFd> {
+    let bad_arg = |e: wire::WireError| format!("cannot decode the task's argument: {e}");
+    let depths = handle::depths();
     let at = out.len();
-    let why = match wire::encode_into_vec(unit, out) {
-        Ok(raw) => {
-            // The values are dropped after this call: keep their descriptors open by
-            // duplicates.
-            // SAFETY: `unit` is borrowed for this whole call, so its descriptors are open.
-            let borrowed = unsafe { handle::borrow_all(&raw) };
-            match borrowed
-                .iter()
-                .map(|fd| fd.try_clone_to_owned())
-                .collect::<std::io::Result<Vec<OwnedFd>>>()
-            {
-                Ok(fds) => return fds,
-                Err(e) => format!("cannot pass a handle in the result: {e}"),
+    let mut de = wire::De::new(args);
+    let n = de.seq_len().map_err(bad_arg)?;
+    out.extend_from_slice(&ALL.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    let mut panics: Vec<(u64, String)> = Vec::new();
+    {
+        let mut ser = wire::Ser { out: &mut *out };
+        for k in 0..n {
+            let item = A::deserialize(&mut de).map_err(bad_arg)?;
+            match catch_unwind(AssertUnwindSafe(|| f(item))) {
+                Ok(value) => {
+                    value
+                        .serialize(&mut ser)
+                        .map_err(|e| format!("cannot serialize the task's return value: {e}"))?;
+                    if std::mem::needs_drop::<R>() {
+                        keep.push(value);
+                    }
+                }
+                Err(payload) => {
+                    // A panic that unwound through a nested encoding or decoding (a `send`
+                    // inside the task) may have left its frame on the handle stacks.
+                    handle::restore_depths(depths);
+                    panics.push((k as u64, panic_message(&*payload)));
+                }
             }
         }
-        Err(e) => format!("cannot serialize the task's return value: {e}"),
-    };
-    out.truncate(at);
-    let _ = wire::encode_into_vec(&UnitOut::<R>::Failed(why), out);
-    Vec::new()
+    }
+    if !de.is_empty() {
+        return Err(bad_arg(wire::WireError("bytes were left over".into())));
+    }
+    if !panics.is_empty() {
+        out[at..at + 4].copy_from_slice(&MIXED.to_le_bytes());
+        let offset = (out.len() - at) as u64;
+        wire::encode_into_vec(&panics, out).map_err(|e| e.0)?;
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    Ok(())
 }

@@ -37,7 +37,7 @@ fn decode_chunk<R: DeserializeOwned>(
     fds: Vec<OwnedFd>,
     pid: i32,
 ) -> Chunk<R> {
-    match wire::decode::<UnitOut<R>>(bytes, fds) {
+    match UnitOut::<R>::decode(bytes, fds) {
         Ok(UnitOut::All(v)) if v.len() == count => Chunk::Values(v),
         Ok(UnitOut::Mixed(v)) if v.len() == count => Chunk::Mixed(
             v.into_iter()
@@ -53,7 +53,7 @@ fn decode_chunk<R: DeserializeOwned>(
             Chunk::Failed(PoolError::new(Kind::Failed { pid, message }).at(start, count))
         }
         Ok(_) => Chunk::Failed(wrong_count(pid).at(start, count)),
-        Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e.0)).at(start, count)),
+        Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e)).at(start, count)),
     }
 }
 

@@ -26,7 +26,6 @@ use std::time::Duration;
 use super::arena::{self, Arena};
 use super::error::{Kind, PoolError};
 use super::result::Sink;
-use super::wire;
 use super::worker::{self, Body, Header, ResultHeader, UnitHeader, WorkerArgs};
 use crate::connection::{self, Connection, ConnectionError, Pipe, Waitable};
 use crate::context::StartMethod;
@@ -629,7 +628,7 @@ impl Supervisor {
             }
             match unit.kind {
                 UnitKind::Task(sink) => sink.deliver(unit.start, unit.count, body, fds, pid),
-                UnitKind::Init => match wire::decode::<UnitOut<()>>(body, fds) {
+                UnitKind::Init => match UnitOut::<()>::decode(body, fds) {
                     Ok(UnitOut::All(_)) => {
                         self.workers[i].initialized = true;
                         self.check_ready();
@@ -645,7 +644,7 @@ impl Supervisor {
                         self.break_pool(PoolError::new(Kind::Initializer { pid, message }))
                     }
                     Err(e) => {
-                        self.break_pool(PoolError::new(Kind::Initializer { pid, message: e.0 }))
+                        self.break_pool(PoolError::new(Kind::Initializer { pid, message: e }))
                     }
                 },
             }

@@ -444,6 +444,26 @@ pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
     })
 }
 
+/// Decodes exactly `n` values of `T` from all of `bytes` (no length prefix).
+pub(crate) fn decode_n<T: de::DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    n: usize,
+) -> Result<Vec<T>> {
+    handle::receiving(fds, || {
+        let mut de = De { input: bytes };
+        let mut v = Vec::with_capacity(n.min(bytes.len()));
+        for _ in 0..n {
+            v.push(T::deserialize(&mut de)?);
+        }
+        if de.input.is_empty() {
+            Ok(v)
+        } else {
+            Err(WireError("bytes were left over".into()))
+        }
+    })
+}
+
 /// A seed that decodes a sequence onto the end of a `Vec` (no second buffer, no copy).
 pub(crate) struct Append<'a, T>(pub(crate) &'a mut Vec<T>);
 
@@ -473,6 +493,20 @@ pub(crate) struct De<'de> {
 }
 
 impl<'de> De<'de> {
+    pub(crate) fn new(input: &'de [u8]) -> Self {
+        De { input }
+    }
+
+    /// Reads a sequence's length prefix.
+    pub(crate) fn seq_len(&mut self) -> Result<usize> {
+        self.len()
+    }
+
+    /// Whether every byte was read.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.input.is_empty()
+    }
+
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8]> {
         if self.input.len() < n {

@@ -41,7 +41,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::arena::{self, Arena};
-use super::wire;
 use crate::connection::{Connection, ConnectionError};
 use crate::region::Region;
 use crate::task;
@@ -268,9 +267,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 );
                 unit_fds.clear();
                 report.truncate(at + ResultHeader::SIZE);
-                // The variant does not depend on the result type: this decodes as any
-                // UnitOut<R>.
-                let _ = wire::encode_into_vec(&task::UnitOut::<()>::Failed(msg), &mut report);
+                task::encode_failed(msg, &mut report);
             }
             let len = (report.len() - at - ResultHeader::SIZE) as u64;
             ResultHeader {
