@@ -11,6 +11,11 @@
 //!   tasks, and a small second batch always fits the socket's buffer, so the blocking send
 //!   can never wait on a worker that is itself blocked sending its report to us.
 //!
+//! A batch of at least `arena::THRESHOLD` bytes goes through the worker's inbox when no
+//! outstanding batch uses it (see `arena.rs`): the units are written straight into it, the
+//! chunks of a map encoded only then (they were measured when submitted), and the socket
+//! carries a 9-byte frame. Otherwise the batch is built in one reused buffer and sent inline.
+//!
 //! A worker that dies fails exactly the unit it was running (see the started counter in
 //! `worker.rs`) with a typed error naming its pid and signal or exit code; the units it held
 //! that had not started, or had finished without being reported, go back to the front of the
@@ -413,7 +418,7 @@ impl Supervisor {
             return;
         };
         let mut sent = true;
-        let mut via_arena = total >= arena::THRESHOLD && total <= arena::MAX_LEN && !w.inbox_busy;
+        let mut via_arena = (arena::THRESHOLD..=arena::MAX_LEN).contains(&total) && !w.inbox_busy;
         if via_arena && w.inbox.as_ref().is_none_or(|a| a.len() < total) {
             match Arena::new(total) {
                 Ok(a) => {

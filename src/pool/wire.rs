@@ -171,7 +171,7 @@ impl<O: Out> Ser<O> {
     }
 }
 
-impl<'a, O: Out> ser::Serializer for &'a mut Ser<O> {
+impl<O: Out> ser::Serializer for &mut Ser<O> {
     type Ok = ();
     type Error = WireError;
     type SerializeSeq = Self;
@@ -845,44 +845,5 @@ mod tests {
         assert!(decode::<bool>(&[2], Vec::new()).is_err());
         let mut small = [0u8; 4];
         assert!(encode_into_slice(&7u64, &mut small).is_err());
-    }
-}
-
-#[cfg(test)]
-mod timing {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn timing() {
-        let v: Vec<u64> = (500_000..625_000).collect();
-        let t = std::time::Instant::now();
-        let mut buf = Vec::new();
-        for _ in 0..10 {
-            buf.clear();
-            encode_into_vec(&v, &mut buf).unwrap();
-        }
-        eprintln!("encode {:?}", t.elapsed() / 10);
-        let t = std::time::Instant::now();
-        for _ in 0..10 {
-            let d: Vec<u64> = decode(&buf, Vec::new()).unwrap();
-            assert_eq!(d.len(), v.len());
-        }
-        eprintln!("decode {:?}", t.elapsed() / 10);
-        let t = std::time::Instant::now();
-        let mut sum = 0u64;
-        for _ in 0..10 {
-            let mut de = De { input: &buf };
-            let n = de.len().unwrap();
-            for _ in 0..n {
-                sum = sum.wrapping_add(<u64 as serde::Deserialize>::deserialize(&mut de).unwrap());
-            }
-        }
-        eprintln!("decode no vec {:?} {sum}", t.elapsed() / 10);
-        let mut big = vec![0u8; buf.len()];
-        let t = std::time::Instant::now();
-        for _ in 0..10 {
-            encode_into_slice(&v, &mut big).unwrap();
-        }
-        eprintln!("encode slice {:?}", t.elapsed() / 10);
     }
 }
