@@ -375,6 +375,7 @@ where
     // this function is named), inhabited, `Copy`, and has no validity requirements.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
     let bad_arg = |e: wire::WireError| format!("cannot decode the task's argument: {e}");
+    // Taken inside the unit's handle scopes: the task runs with them hidden.
     let depths = handle::depths();
     let at = out.len();
     let mut de = wire::De::new(args);
@@ -386,7 +387,10 @@ where
         let mut ser = wire::Ser { out: &mut *out };
         for k in 0..n {
             let item = A::deserialize(&mut de).map_err(bad_arg)?;
-            match catch_unwind(AssertUnwindSafe(|| f(item))) {
+            let shown = handle::hide(depths);
+            let ran = catch_unwind(AssertUnwindSafe(|| f(item)));
+            handle::unhide(shown);
+            match ran {
                 Ok(value) => {
                     value
                         .serialize(&mut ser)
