@@ -20,7 +20,7 @@
 //! [`Connection`]: crate::Connection
 //! [`Connection::send`]: crate::Connection::send
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -32,6 +32,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 thread_local! {
     static OUTGOING: RefCell<Vec<Vec<RawFd>>> = const { RefCell::new(Vec::new()) };
     static INCOMING: RefCell<Vec<Vec<Option<OwnedFd>>>> = const { RefCell::new(Vec::new()) };
+    /// How many of the bottom frames of `OUTGOING` and `INCOMING` are hidden (see `hidden`).
+    static HIDDEN: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
 }
 
 /// A value turned into bytes plus the descriptors that must travel beside them.
@@ -136,6 +138,59 @@ pub(crate) fn decode<T: DeserializeOwned>(
     }
 }
 
+/// Runs `f` (an encoding with any serde format) while collecting the descriptors of the
+/// handles it serializes; returns its result and those descriptors, borrowed from the value
+/// being encoded.
+pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
+    let _ = OUTGOING.try_with(|s| s.borrow_mut().push(Vec::new()));
+    let r = f();
+    let fds = OUTGOING
+        .try_with(|s| s.borrow_mut().pop().unwrap_or_default())
+        .unwrap_or_default();
+    (r, fds)
+}
+
+/// Runs `f` (a decoding with any serde format) with `fds` available to the handles it
+/// deserializes; descriptors that no handle claims are closed.
+pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
+    let _ = INCOMING.try_with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
+    let r = f();
+    let _ = INCOMING.try_with(|s| s.borrow_mut().pop());
+    r
+}
+
+/// Hides the descriptor frames below `depths` (from [`depths`]) until [`unhide`]: handles
+/// serialized or deserialized outside an encoding or decoding of their own then fail as if no
+/// frame were open, instead of landing in (or taking from) the hidden frames' message. A pool
+/// worker runs each task so, between the decoding of its argument and the encoding of its
+/// value. Returns what to pass to `unhide`. (Two thread-local stores: per-task scopes cost
+/// about 18 ns a task.)
+#[inline]
+pub(crate) fn hide(depths: (usize, usize)) -> (usize, usize) {
+    HIDDEN.try_with(|h| h.replace(depths)).unwrap_or_default()
+}
+
+/// Undoes [`hide`].
+#[inline]
+pub(crate) fn unhide(previous: (usize, usize)) {
+    let _ = HIDDEN.try_with(|h| h.set(previous));
+}
+
+/// The depths of this thread's outgoing and incoming descriptor stacks.
+pub(crate) fn depths() -> (usize, usize) {
+    (
+        OUTGOING.try_with(|s| s.borrow().len()).unwrap_or(0),
+        INCOMING.try_with(|s| s.borrow().len()).unwrap_or(0),
+    )
+}
+
+/// Drops the frames pushed on the descriptor stacks since `depths` was taken: those a panic
+/// left behind when it unwound through an encoding or decoding.
+pub(crate) fn restore_depths((out, inc): (usize, usize)) {
+    let _ = OUTGOING.try_with(|s| s.borrow_mut().truncate(out));
+    let _ = INCOMING.try_with(|s| s.borrow_mut().truncate(inc));
+}
+
 /// The descriptors owned by the crate's handles in this process.
 static TRACKED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 
@@ -205,7 +260,9 @@ pub mod fd {
         let index = u32::deserialize(deserializer)? as usize;
         let taken = INCOMING.try_with(|s| {
             let mut stack = s.borrow_mut();
-            let Some(fds) = stack.last_mut() else {
+            let hidden = HIDDEN.try_with(|h| h.get().1).unwrap_or(0);
+            let visible = stack.len() > hidden;
+            let Some(fds) = stack.last_mut().filter(|_| visible) else {
                 return Err(serde::de::Error::custom(
                     "a handle can only be deserialized by multiprocess (it arrives with a message)",
                 ));
@@ -233,7 +290,9 @@ pub(crate) fn serialize_borrowed<S: Serializer>(
     let index = OUTGOING
         .try_with(|s| {
             let mut stack = s.borrow_mut();
-            stack.last_mut().map(|fds| {
+            let hidden = HIDDEN.try_with(|h| h.get().0).unwrap_or(0);
+            let visible = stack.len() > hidden;
+            stack.last_mut().filter(|_| visible).map(|fds| {
                 fds.push(fd.as_raw_fd());
                 fds.len() - 1
             })

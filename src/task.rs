@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::Connection;
 use crate::handle;
+use crate::pool::wire;
 
 /// What a child reports on its status channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -208,16 +209,19 @@ pub(crate) fn run_target<T: Run>(value: T) -> T::Output {
 // ---------------------------------------------------------------------------------------------
 // Pool tasks
 
-/// What a pool worker sends back for one unit of work (one task, or one chunk of a map): the
-/// encoded [`UnitOut`] and the descriptors of the handles inside the results.
+/// The results of one unit, decoded.
+///
+/// # Layout (the pool's wire format, see `pool/wire.rs`)
+/// A `u32` variant, then:
+/// - `ALL` (0): a `u64` count `n`, then the `n` values (exactly the wire encoding of a
+///   `Vec<R>`: the fast path, decoded straight into a map's output);
+/// - `MIXED` (1): a `u64` count `n`, the values of the items that returned (in order), then the
+///   list of the items that panicked (`Vec<(u64 item, String message)>`), then a `u64`: the
+///   offset of that list from the start of the unit. The worker writes values as they come
+///   and only learns at the end that some item panicked, so the list goes last;
+/// - `FAILED` (2): a `String`: the unit could not run at all (its argument did not decode,
+///   say).
 #[derive(Debug)]
-pub(crate) struct UnitOutput {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) fds: Vec<OwnedFd>,
-}
-
-/// The results of one unit, as the worker encodes them for `R`.
-#[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum UnitOut<R> {
     /// Every item returned: the values, in order (the fast path).
     All(Vec<R>),
@@ -227,9 +231,83 @@ pub(crate) enum UnitOut<R> {
     Failed(String),
 }
 
-/// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`),
-/// runs the target on each inside `catch_unwind`, and encodes the results as a [`UnitOut`].
-pub(crate) type PoolEntry = fn(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput;
+const ALL: u32 = 0;
+const MIXED: u32 = 1;
+const FAILED: u32 = 2;
+
+impl<R> UnitOut<R> {
+    /// When `bytes` hold `UnitOut::All`, the bytes of its `Vec<R>`.
+    pub(crate) fn all_values(bytes: &[u8]) -> Option<&[u8]> {
+        match bytes.split_first_chunk::<4>() {
+            Some((v, rest)) if u32::from_le_bytes(*v) == ALL => Some(rest),
+            _ => None,
+        }
+    }
+}
+
+impl<R: DeserializeOwned> UnitOut<R> {
+    /// Decodes a unit's results.
+    pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<UnitOut<R>, String> {
+        let bad = |e: wire::WireError| e.0;
+        let Some((v, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err("empty unit results".into());
+        };
+        match u32::from_le_bytes(*v) {
+            ALL => wire::decode(rest, fds).map(UnitOut::All).map_err(bad),
+            FAILED => wire::decode(rest, fds).map(UnitOut::Failed).map_err(bad),
+            MIXED => {
+                let short = || "unit results cut short".to_string();
+                let (n, values) = rest.split_first_chunk::<8>().ok_or_else(short)?;
+                let n = u64::from_le_bytes(*n);
+                let (list_at, _) = bytes
+                    .len()
+                    .checked_sub(8)
+                    .map(|e| bytes.split_at(e))
+                    .ok_or_else(short)?;
+                let offset =
+                    u64::from_le_bytes(bytes[list_at.len()..].try_into().map_err(|_| short())?);
+                let offset = usize::try_from(offset).map_err(|_| short())?;
+                if offset < 12 || offset > list_at.len() {
+                    return Err("bad unit results".into());
+                }
+                let panics: Vec<(u64, String)> =
+                    wire::decode(&bytes[offset..list_at.len()], Vec::new()).map_err(bad)?;
+                let ok = n
+                    .checked_sub(panics.len() as u64)
+                    .and_then(|m| usize::try_from(m).ok())
+                    .ok_or("bad unit results")?;
+                let values = &values[..offset - 12];
+                let values: Vec<R> = wire::decode_n(values, fds, ok).map_err(bad)?;
+                let mut values = values.into_iter();
+                let mut panics = panics.into_iter().peekable();
+                let mut all = Vec::with_capacity(values.len() + panics.len());
+                for k in 0..n {
+                    match panics.next_if(|(i, _)| *i == k) {
+                        Some((_, message)) => all.push(Err(message)),
+                        None => all.push(Ok(values.next().ok_or("bad unit results")?)),
+                    }
+                }
+                if panics.next().is_some() {
+                    return Err("bad unit results".into());
+                }
+                Ok(UnitOut::Mixed(all))
+            }
+            other => Err(format!("unknown unit results kind {other}")),
+        }
+    }
+}
+
+/// Appends `UnitOut::Failed(message)` to `out`.
+pub(crate) fn encode_failed(message: String, out: &mut Vec<u8>) {
+    out.extend_from_slice(&FAILED.to_le_bytes());
+    let _ = wire::encode_into_vec(&message, out);
+}
+
+/// The monomorphised pool entry of one target type: decodes a chunk of arguments (`Vec<A>`,
+/// in the pool's wire format), runs the target on each inside `catch_unwind`, and appends the
+/// results, encoded as a [`UnitOut`], to `out`. Returns the descriptors of the handles inside
+/// the results (duplicates: the values are dropped on return).
+pub(crate) type PoolEntry = fn(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Vec<OwnedFd>;
 
 /// The offset of the pool entry of target type `F` from the anchor.
 pub(crate) fn pool_entry_offset<F, A, R>() -> i64
@@ -255,76 +333,89 @@ pub(crate) unsafe fn pool_entry_at(offset: i64) -> PoolEntry {
     unsafe { std::mem::transmute::<usize, PoolEntry>(addr) }
 }
 
-fn pool_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>) -> UnitOutput
+fn pool_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Vec<OwnedFd>
 where
     F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let items: Vec<A> = match handle::decode(args, fds) {
-        Ok(a) => a,
-        Err(e) => {
-            return encode_unit::<R>(&UnitOut::Failed(format!(
-                "cannot decode the task's argument: {e}"
-            )))
-        }
+    let at = out.len();
+    // Values whose descriptors the encoding borrowed, alive until they are duplicated below.
+    // A type without drop glue owns no descriptor, so its values need no keeping.
+    let mut keep: Vec<R> = Vec::new();
+    let (ran, raw) =
+        handle::collecting(|| handle::receiving(fds, || run_unit::<F, A, R>(args, out, &mut keep)));
+    let why = match ran {
+        // SAFETY: the values whose descriptors were collected are in `keep` (or own none).
+        Ok(()) => match unsafe { handle::borrow_all(&raw) }
+            .iter()
+            .map(|fd| fd.try_clone_to_owned())
+            .collect::<std::io::Result<Vec<OwnedFd>>>()
+        {
+            Ok(fds) => return fds,
+            Err(e) => format!("cannot pass a handle in the result: {e}"),
+        },
+        Err(why) => why,
     };
+    out.truncate(at);
+    encode_failed(why, out);
+    Vec::new()
+}
+
+/// Decodes the items one at a time, runs the target on each inside `catch_unwind`, and
+/// encodes each value as it comes: the unit's arguments and values are never held as whole
+/// vectors (one pass over the memory instead of four).
+fn run_unit<F, A, R>(args: &[u8], out: &mut Vec<u8>, keep: &mut Vec<R>) -> Result<(), String>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
     // SAFETY: as in `entry`: `F` is zero-sized (asserted in `pool_entry_offset`, the only way
     // this function is named), inhabited, `Copy`, and has no validity requirements.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
-    let mut values = Vec::with_capacity(items.len());
-    let mut failed = false;
-    for item in items {
-        match catch_unwind(AssertUnwindSafe(|| f(item))) {
-            Ok(v) => values.push(Ok(v)),
-            Err(payload) => {
-                failed = true;
-                values.push(Err(panic_message(&*payload)));
-            }
-        }
-    }
-    if failed {
-        encode_unit(&UnitOut::Mixed(values))
-    } else {
-        let all: Vec<R> = values.into_iter().flatten().collect();
-        encode_unit(&UnitOut::All(all))
-    }
-}
-
-fn encode_unit<R: Serialize>(out: &UnitOut<R>) -> UnitOutput {
-    match handle::encode(out) {
-        Ok(enc) => {
-            // The values are dropped after this call: keep their descriptors open by duplicates.
-            let mut fds = Vec::with_capacity(enc.fds.len());
-            // SAFETY: `out` is borrowed for this whole call, so its descriptors are open.
-            for fd in unsafe { enc.borrowed_fds() } {
-                match fd.try_clone_to_owned() {
-                    Ok(dup) => fds.push(dup),
-                    Err(e) => {
-                        return encode_unit::<R>(&UnitOut::Failed(format!(
-                            "cannot pass a handle in the result: {e}"
-                        )))
+    let bad_arg = |e: wire::WireError| format!("cannot decode the task's argument: {e}");
+    // Taken inside the unit's handle scopes: the task runs with them hidden.
+    let depths = handle::depths();
+    let at = out.len();
+    let mut de = wire::De::new(args);
+    let n = de.seq_len().map_err(bad_arg)?;
+    out.extend_from_slice(&ALL.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    let mut panics: Vec<(u64, String)> = Vec::new();
+    {
+        let mut ser = wire::Ser { out: &mut *out };
+        for k in 0..n {
+            let item = A::deserialize(&mut de).map_err(bad_arg)?;
+            let shown = handle::hide(depths);
+            let ran = catch_unwind(AssertUnwindSafe(|| f(item)));
+            handle::unhide(shown);
+            match ran {
+                Ok(value) => {
+                    value
+                        .serialize(&mut ser)
+                        .map_err(|e| format!("cannot serialize the task's return value: {e}"))?;
+                    if std::mem::needs_drop::<R>() {
+                        keep.push(value);
                     }
                 }
-            }
-            UnitOutput {
-                bytes: enc.bytes,
-                fds,
-            }
-        }
-        Err(e) => {
-            let failed: UnitOut<R> =
-                UnitOut::Failed(format!("cannot serialize the task's return value: {e}"));
-            match handle::encode(&failed) {
-                Ok(enc) => UnitOutput {
-                    bytes: enc.bytes,
-                    fds: Vec::new(),
-                },
-                Err(_) => UnitOutput {
-                    bytes: Vec::new(),
-                    fds: Vec::new(),
-                },
+                Err(payload) => {
+                    // A panic that unwound through a nested encoding or decoding (a `send`
+                    // inside the task) may have left its frame on the handle stacks.
+                    handle::restore_depths(depths);
+                    panics.push((k as u64, panic_message(&*payload)));
+                }
             }
         }
     }
+    if !de.is_empty() {
+        return Err(bad_arg(wire::WireError("bytes were left over".into())));
+    }
+    if !panics.is_empty() {
+        out[at..at + 4].copy_from_slice(&MIXED.to_le_bytes());
+        let offset = (out.len() - at) as u64;
+        wire::encode_into_vec(&panics, out).map_err(|e| e.0)?;
+        out.extend_from_slice(&offset.to_le_bytes());
+    }
+    Ok(())
 }

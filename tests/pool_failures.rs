@@ -77,6 +77,28 @@ fn a_panicking_task_is_its_error_and_the_worker_goes_on() {
     });
 }
 
+#[test]
+fn a_panic_inside_a_chunk_keeps_the_values_around_it() {
+    deadline(60, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            for chunk in [2, 4, 7, 20] {
+                let all: Vec<_> = p.imap_chunked(fragile, inputs("panic"), chunk).collect();
+                assert_eq!(all.len(), 20, "{m}/{chunk}");
+                for (i, r) in all.iter().enumerate() {
+                    match r {
+                        Ok(v) => assert_eq!(*v, i as u64 * 10, "{m}/{chunk}"),
+                        Err(e) => {
+                            assert_eq!((i, e.is_panic()), (5, true), "{m}/{chunk}: {e}");
+                            assert_eq!(e.panic_message(), Some("item five refuses"));
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
 fn check_lost(m: StartMethod, how: &str, check: impl Fn(&multiprocess::PoolError)) {
     let p = pool(m, 2);
     let before = p.pids();

@@ -108,3 +108,28 @@ fn a_connection_returned_by_a_task() {
         }
     });
 }
+
+/// Inside a task, another serde format cannot serialize a handle, nor deserialize one out of
+/// the descriptors that came with the task's chunk (they belong to the other items).
+fn foreign_formats_fail(c: Connection) -> bool {
+    let stolen = postcard::from_bytes::<Connection>(&[1]).is_ok();
+    let leaked = postcard::to_allocvec(&c).is_ok();
+    let sent = c.send(&7u8).is_ok();
+    !stolen && !leaked && sent
+}
+
+#[test]
+fn a_task_sees_no_descriptors_of_its_chunk() {
+    deadline(60, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            let (ours, theirs): (Vec<Connection>, Vec<Connection>) =
+                (0..4).map(|_| Pipe::new().unwrap()).unzip();
+            let ok = p.map_chunked(foreign_formats_fail, theirs, 4).unwrap();
+            assert_eq!(ok, [true; 4], "{m}");
+            for c in &ours {
+                assert_eq!(c.recv::<u8>().unwrap(), 7, "{m}");
+            }
+        }
+    });
+}

@@ -35,7 +35,10 @@
 //! its own [`Pipe`](crate::Pipe). One thread per pool, the *result handler*, hands units of
 //! work (a task, or a chunk of a map) to the workers in batches, reads their reports, runs the
 //! callbacks, and replaces the workers that die. Targets travel as an offset from an anchor
-//! function (as for `Process`), arguments as serde bytes with their descriptors attached.
+//! function (as for `Process`), arguments and results as serde bytes (a fixed-width format
+//! private to the pool) with their descriptors attached. Batches and reports of 64 KiB or more
+//! go through shared memory owned by each worker instead of the socket; the chunks of a map
+//! are encoded only when they are sent, straight into that memory.
 //!
 //! # Warning
 //! Tasks queued behind another in a batch wait for it: when many tasks are queued, a worker
@@ -43,9 +46,11 @@
 //! batch that had not started, and those that had finished but whose results had not been
 //! sent yet, are run again on another worker; only the task that was running fails.
 
+mod arena;
 mod error;
 mod result;
 mod supervisor;
+pub(crate) mod wire;
 mod worker;
 
 use std::marker::PhantomData;
@@ -61,10 +66,9 @@ pub use result::AsyncResult;
 
 use error::Kind;
 use result::{MapShared, OnError, OnSuccess, Sink, StreamShared};
-use supervisor::{Config, InitSpec, KeepAlive, Shared, Unit, UnitKind};
+use supervisor::{Config, InitSpec, KeepAlive, LazyArgs, Payload, Shared, Unit, UnitKind};
 
 use crate::context::StartMethod;
-use crate::handle;
 use crate::task;
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
@@ -176,11 +180,12 @@ impl Builder {
     {
         let _ = f;
         let entry = task::pool_entry_offset::<F, A, ()>();
-        let spec = match handle::encode(std::slice::from_ref(&arg)) {
-            Ok(enc) => Ok(InitSpec {
+        let mut payload = Vec::new();
+        let spec = match wire::encode_into_vec(std::slice::from_ref(&arg), &mut payload) {
+            Ok(fds) => Ok(InitSpec {
                 entry,
-                payload: enc.bytes,
-                fds: enc.fds,
+                payload,
+                fds,
                 keep: Arc::new(Mutex::new(arg)),
             }),
             Err(e) => Err(PoolError::new(Kind::Encode(e.0))),
@@ -245,9 +250,9 @@ fn default_chunksize(len: usize, processes: usize) -> usize {
 }
 
 /// The most bytes of encoded arguments a default-sized chunk should carry: larger units
-/// pipeline badly (one worker computes while the other still waits for its bytes) and cost
-/// their whole size in fresh memory at once. Measured on W6 (4 MiB inputs, default chunks of
-/// 32 capped to 2): 0.54 -> 0.59 GB/s.
+/// pipeline badly (one worker computes while the other still waits for its bytes) and make
+/// the workers' arenas (shared memory the size of the largest batch) larger. Measured on W6
+/// (4 MiB inputs, default chunks of 32 capped to 2) before the arenas: 0.54 -> 0.59 GB/s.
 const UNIT_BYTES: usize = 8 << 20;
 
 /// Lowers a default chunksize so that a chunk of items the size of the first one stays under
@@ -256,10 +261,8 @@ fn cap_by_size<A: Serialize>(items: &[A], chunksize: usize) -> usize {
     if chunksize <= 1 {
         return chunksize;
     }
-    match items.first().map(handle::encode) {
-        Some(Ok(first)) if !first.bytes.is_empty() => {
-            chunksize.min((UNIT_BYTES / first.bytes.len()).max(1))
-        }
+    match items.first().map(wire::measure) {
+        Some(Ok((len, _))) if len > 0 => chunksize.min((UNIT_BYTES / len).max(1)),
         _ => chunksize,
     }
 }
@@ -298,19 +301,22 @@ impl Pool {
         self.shared.lock().started
     }
 
+    /// A unit of items encoded now (`apply_async`: small, and encoded on the caller's thread
+    /// while the result handler sends).
     fn unit<A: Serialize + Send + 'static>(
         &self,
         entry: i64,
         items: Vec<A>,
         start: usize,
         sink: Arc<dyn Sink>,
-    ) -> Unit {
+    ) -> Option<Unit> {
         let count = items.len();
-        let (payload, fds) = match handle::encode(&items[..]) {
-            Ok(enc) => (enc.bytes, enc.fds),
+        let mut bytes = Vec::new();
+        let fds = match wire::encode_into_vec(&items[..], &mut bytes) {
+            Ok(fds) => fds,
             Err(e) => {
                 sink.fail(start, count, PoolError::new(Kind::Encode(e.0)));
-                (Vec::new(), Vec::new())
+                return None;
             }
         };
         let keep: Option<Arc<dyn KeepAlive>> = if fds.is_empty() {
@@ -318,16 +324,54 @@ impl Pool {
         } else {
             Some(Arc::new(Mutex::new(items)))
         };
-        Unit {
+        Some(Unit {
             id: self.shared.next_id(),
             entry,
-            payload,
-            fds,
-            keep,
+            len: bytes.len(),
+            nfds: fds.len(),
+            payload: Payload::Ready { bytes, fds, keep },
             kind: UnitKind::Task(sink),
             start,
             count,
-        }
+        })
+    }
+
+    /// A unit of the items `range` of `items`, which are the call's items `start..`,
+    /// measured now and encoded when it is sent (maps: no copy of the input is made before
+    /// it goes to a worker).
+    fn lazy_unit<A: Serialize + Send + 'static>(
+        &self,
+        entry: i64,
+        items: &Arc<Mutex<Vec<A>>>,
+        range: std::ops::Range<usize>,
+        start: usize,
+        sink: Arc<dyn Sink>,
+    ) -> Option<Unit> {
+        let count = range.len();
+        let measured = {
+            let all = items.lock().unwrap_or_else(|p| p.into_inner());
+            wire::measure(&all[range.clone()])
+        };
+        let (len, nfds) = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                sink.fail(start, count, PoolError::new(Kind::Encode(e.0)));
+                return None;
+            }
+        };
+        Some(Unit {
+            id: self.shared.next_id(),
+            entry,
+            len,
+            nfds,
+            payload: Payload::Lazy(Box::new(Items {
+                items: Arc::clone(items),
+                range,
+            })),
+            kind: UnitKind::Task(sink),
+            start,
+            count,
+        })
     }
 
     /// Runs `f(arg)` in a worker and waits for its value (Python's `apply`).
@@ -422,8 +466,7 @@ impl Pool {
         let _ = f;
         let entry = task::pool_entry_offset::<F, A, R>();
         let shared = MapShared::<R>::new(1, on_success, on_error);
-        let unit = self.unit(entry, vec![arg], 0, Arc::clone(&shared) as Arc<dyn Sink>);
-        if !unit.payload.is_empty() {
+        if let Some(unit) = self.unit(entry, vec![arg], 0, Arc::clone(&shared) as Arc<dyn Sink>) {
             self.shared.submit(unit, false);
         }
         AsyncResult::for_one(shared)
@@ -565,16 +608,15 @@ impl Pool {
             .unwrap_or_else(|| cap_by_size(&items, default_chunksize(total, self.processes)));
         let shared = MapShared::<R>::new(total, on_success, on_error);
         let sink: Arc<dyn Sink> = Arc::clone(&shared) as Arc<dyn Sink>;
-        let mut items = items.into_iter();
+        let items = Arc::new(Mutex::new(items));
         let mut start = 0;
         while start < total {
-            let chunk: Vec<A> = items.by_ref().take(chunksize).collect();
-            let n = chunk.len();
-            let unit = self.unit(entry, chunk, start, Arc::clone(&sink));
-            if !unit.payload.is_empty() {
+            let end = (start + chunksize).min(total);
+            if let Some(unit) = self.lazy_unit(entry, &items, start..end, start, Arc::clone(&sink))
+            {
                 self.shared.submit(unit, false);
             }
-            start += n;
+            start = end;
         }
         AsyncResult::for_map(shared)
     }
@@ -852,9 +894,12 @@ where
             }
             let n = chunk.len();
             let sink: Arc<dyn Sink> = Arc::clone(&self.shared) as Arc<dyn Sink>;
-            let unit = self.pool.unit(self.entry, chunk, self.submitted, sink);
+            let chunk = Arc::new(Mutex::new(chunk));
+            let unit = self
+                .pool
+                .lazy_unit(self.entry, &chunk, 0..n, self.submitted, sink);
             self.submitted += n;
-            if !unit.payload.is_empty() {
+            if let Some(unit) = unit {
                 self.pool.shared.submit(unit, true);
             }
             if self.pool.shared.lock().finished {
@@ -908,5 +953,23 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_until(None)
+    }
+}
+
+/// The items `range` of `items` (a call's whole input, or one chunk of it), encoded when
+/// their unit is sent.
+struct Items<A> {
+    items: Arc<Mutex<Vec<A>>>,
+    range: std::ops::Range<usize>,
+}
+
+impl<A: Serialize + Send> LazyArgs for Items<A> {
+    fn encode(&self, buf: &mut [u8]) -> Result<Vec<std::os::fd::RawFd>, String> {
+        let all = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let (n, fds) = wire::encode_into_slice(&all[self.range.clone()], buf).map_err(|e| e.0)?;
+        if n != buf.len() {
+            return Err("the argument encoded to another length than measured".into());
+        }
+        Ok(fds)
     }
 }

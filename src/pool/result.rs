@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::{Kind, PoolError};
-use crate::handle;
+use super::wire;
 use crate::task::{self, UnitOut};
 
 /// The receiving end of a unit of work, type-erased for the pool's result handler.
@@ -37,7 +37,7 @@ fn decode_chunk<R: DeserializeOwned>(
     fds: Vec<OwnedFd>,
     pid: i32,
 ) -> Chunk<R> {
-    match handle::decode::<UnitOut<R>>(bytes, fds) {
+    match UnitOut::<R>::decode(bytes, fds) {
         Ok(UnitOut::All(v)) if v.len() == count => Chunk::Values(v),
         Ok(UnitOut::Mixed(v)) if v.len() == count => Chunk::Mixed(
             v.into_iter()
@@ -52,14 +52,15 @@ fn decode_chunk<R: DeserializeOwned>(
         Ok(UnitOut::Failed(message)) => {
             Chunk::Failed(PoolError::new(Kind::Failed { pid, message }).at(start, count))
         }
-        Ok(_) => Chunk::Failed(
-            PoolError::new(Kind::Decode(format!(
-                "worker {pid} returned the wrong number of results"
-            )))
-            .at(start, count),
-        ),
-        Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e.0)).at(start, count)),
+        Ok(_) => Chunk::Failed(wrong_count(pid).at(start, count)),
+        Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e)).at(start, count)),
     }
+}
+
+fn wrong_count(pid: i32) -> PoolError {
+    PoolError::new(Kind::Decode(format!(
+        "worker {pid} returned the wrong number of results"
+    )))
 }
 
 /// A success callback of a map (an `apply_async` one is wrapped to take the one value).
@@ -81,6 +82,11 @@ fn run_callback(f: impl FnOnce()) {
 // map_async / apply_async
 
 struct MapState<R> {
+    /// The values of items `0..next`, in order: each chunk that arrives in order (the usual
+    /// case) is decoded straight onto the end, so no chunk is held or copied apart.
+    out: Vec<R>,
+    next: usize,
+    /// Chunks that arrived out of order (or failed), by first item.
     chunks: BTreeMap<usize, Chunk<R>>,
     done: usize,
     outcome: Option<Result<Vec<R>, PoolError>>,
@@ -106,6 +112,8 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
     ) -> Arc<Self> {
         let shared = Arc::new(MapShared {
             st: Mutex::new(MapState {
+                out: Vec::new(),
+                next: 0,
                 chunks: BTreeMap::new(),
                 done: 0,
                 outcome: None,
@@ -140,10 +148,63 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
 
     fn add(&self, start: usize, count: usize, chunk: Chunk<R>) {
         let mut st = self.lock();
-        if st.finished || st.chunks.contains_key(&start) {
+        if st.finished || start < st.next || st.chunks.contains_key(&start) {
             return;
         }
         st.chunks.insert(start, chunk);
+        self.absorb(&mut st);
+        self.count_done(st, count);
+    }
+
+    /// Decodes the encoded results of items `start..start + count` straight onto the end of
+    /// the output when they are the next ones in order and all succeeded; otherwise as `add`.
+    fn deliver_bytes(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32) {
+        let mut st = self.lock();
+        if st.finished || start < st.next || st.chunks.contains_key(&start) {
+            return;
+        }
+        let values = match (start == st.next, UnitOut::<R>::all_values(bytes)) {
+            (true, Some(values)) => values,
+            _ => {
+                drop(st);
+                self.add(start, count, decode_chunk(start, count, bytes, fds, pid));
+                return;
+            }
+        };
+        if st.out.capacity() == 0 {
+            st.out.reserve_exact(self.total);
+        }
+        let before = st.out.len();
+        let chunk = match wire::decode_seed(values, fds, wire::Append(&mut st.out)) {
+            Ok(()) if st.out.len() - before == count => {
+                st.next += count;
+                self.absorb(&mut st);
+                self.count_done(st, count);
+                return;
+            }
+            Ok(()) => wrong_count(pid),
+            Err(e) => PoolError::new(Kind::Decode(e.0)),
+        };
+        st.out.truncate(before);
+        st.chunks
+            .insert(start, Chunk::Failed(chunk.at(start, count)));
+        self.count_done(st, count);
+    }
+
+    /// Moves the chunks of values that now follow the output in order onto its end.
+    fn absorb(&self, st: &mut MapState<R>) {
+        while let Some(Chunk::Values(_)) = st.chunks.get(&st.next) {
+            if let Some(Chunk::Values(v)) = st.chunks.remove(&st.next) {
+                if st.out.capacity() == 0 {
+                    st.out.reserve_exact(self.total);
+                }
+                st.next += v.len();
+                st.out.extend(v);
+            }
+        }
+    }
+
+    fn count_done(&self, mut st: MutexGuard<'_, MapState<R>>, count: usize) {
         st.done += count;
         self.completed.fetch_add(count, Ordering::Relaxed);
         if st.done >= self.total {
@@ -155,6 +216,8 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
     /// callback may look at this result), then publish.
     fn finish(&self, mut st: MutexGuard<'_, MapState<R>>) {
         let chunks = std::mem::take(&mut st.chunks);
+        // Every value in `out` succeeded, and the chunks all come after it.
+        let mut all = std::mem::take(&mut st.out);
         let on_success = st.on_success.take();
         let on_error = st.on_error.take();
         drop(st);
@@ -177,7 +240,7 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
         let outcome = match first_err {
             Some(e) => Err(e),
             None => {
-                let mut all = Vec::with_capacity(self.total);
+                all.reserve_exact(self.total.saturating_sub(all.len()));
                 for chunk in chunks.into_values() {
                     match chunk {
                         Chunk::Values(v) => all.extend(v),
@@ -256,7 +319,7 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
 
 impl<R: DeserializeOwned + Send + 'static> Sink for MapShared<R> {
     fn deliver(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32) {
-        self.add(start, count, decode_chunk(start, count, bytes, fds, pid));
+        self.deliver_bytes(start, count, bytes, fds, pid);
     }
 
     fn fail(&self, start: usize, count: usize, err: PoolError) {

@@ -11,6 +11,11 @@
 //!   tasks, and a small second batch always fits the socket's buffer, so the blocking send
 //!   can never wait on a worker that is itself blocked sending its report to us.
 //!
+//! A batch of at least `arena::THRESHOLD` bytes goes through the worker's inbox when no
+//! outstanding batch uses it (see `arena.rs`): the units are written straight into it, the
+//! chunks of a map encoded only then (they were measured when submitted), and the socket
+//! carries a 9-byte frame. Otherwise the batch is built in one reused buffer and sent inline.
+//!
 //! A worker that dies fails exactly the unit it was running (see the started counter in
 //! `worker.rs`) with a typed error naming its pid and signal or exit code; the units it held
 //! that had not started, or had finished without being reported, go back to the front of the
@@ -18,14 +23,15 @@
 //! pending unit fails with that error and no worker is started again.
 
 use std::collections::VecDeque;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::arena::{self, Arena};
 use super::error::{Kind, PoolError};
 use super::result::Sink;
-use super::worker::{self, ResultHeader, UnitHeader, WorkerArgs};
+use super::worker::{self, Body, Header, ResultHeader, UnitHeader, WorkerArgs};
 use crate::connection::{self, Connection, ConnectionError, Pipe, Waitable};
 use crate::context::StartMethod;
 use crate::handle;
@@ -53,16 +59,36 @@ pub(crate) enum UnitKind {
     Init,
 }
 
-/// One unit of work: the items `start..start + count` of a call, encoded.
+/// The arguments of a unit that are encoded only when the unit is sent, straight into the
+/// worker's inbox (or the frame): a map's input is never copied into a second buffer.
+pub(crate) trait LazyArgs: Send {
+    /// Encodes the arguments into all of `buf` (exactly the length measured at submission);
+    /// returns the descriptors inside them, borrowed from the values `self` holds.
+    fn encode(&self, buf: &mut [u8]) -> Result<Vec<RawFd>, String>;
+}
+
+/// A unit's encoded arguments, or the values to encode them from.
+pub(crate) enum Payload {
+    Ready {
+        bytes: Vec<u8>,
+        /// Descriptors borrowed from `keep`.
+        fds: Vec<RawFd>,
+        /// Never read: holds the argument values whose descriptors `fds` borrows.
+        #[allow(dead_code)]
+        keep: Option<Arc<dyn KeepAlive>>,
+    },
+    Lazy(Box<dyn LazyArgs>),
+}
+
+/// One unit of work: the items `start..start + count` of a call.
 pub(crate) struct Unit {
     pub(crate) id: u64,
     pub(crate) entry: i64,
-    pub(crate) payload: Vec<u8>,
-    /// Descriptors borrowed from `keep`.
-    pub(crate) fds: Vec<RawFd>,
-    /// Never read: holds the argument values whose descriptors `fds` borrows.
-    #[allow(dead_code)]
-    pub(crate) keep: Option<Arc<dyn KeepAlive>>,
+    /// The length of the encoded arguments.
+    pub(crate) len: usize,
+    /// The number of descriptors in the arguments.
+    pub(crate) nfds: usize,
+    pub(crate) payload: Payload,
     pub(crate) kind: UnitKind,
     pub(crate) start: usize,
     pub(crate) count: usize,
@@ -154,8 +180,8 @@ impl Shared {
     /// Queues a unit. `internal`: part of a call already accepted (an `imap` feeding its
     /// input), allowed after `close`. On refusal the unit's items fail with the reason.
     pub(crate) fn submit(&self, unit: Unit, internal: bool) {
-        if unit.fds.len() > socket::MAX_FDS {
-            let n = unit.fds.len();
+        if unit.nfds > socket::MAX_FDS {
+            let n = unit.nfds;
             unit.fail(PoolError::new(Kind::Invalid(format!(
                 "a pool task can carry at most {} handles, this one has {n}",
                 socket::MAX_FDS
@@ -222,8 +248,17 @@ struct Worker {
     conn: Option<Arc<Connection>>,
     slot: Region,
     inflight: VecDeque<Unit>,
-    /// Units still unreported, per outstanding batch, oldest first.
-    batches: VecDeque<usize>,
+    /// Units still unreported, per outstanding batch, oldest first, and whether the batch
+    /// came through the inbox.
+    batches: VecDeque<(usize, bool)>,
+    /// The arena this pool writes large batches into (see `arena.rs`).
+    inbox: Option<Arena>,
+    /// An outstanding batch came through the inbox: the worker may still read it.
+    inbox_busy: bool,
+    /// This pool's mapping of the worker's outbox.
+    outbox: Option<Arena>,
+    /// Reports read from the outbox (wrapping; published at slot offset `CONSUMED`).
+    outbox_consumed: u32,
     /// Units reported (wrapping, as the worker's started counter).
     reported: u32,
     /// Task units ever given to this worker (for maxtasksperchild).
@@ -239,6 +274,8 @@ struct Supervisor {
     wake_rx: Connection,
     workers: Vec<Worker>,
     counter: usize,
+    /// The buffer inline batches are built in, reused.
+    scratch: Vec<u8>,
 }
 
 /// The result handler thread's body.
@@ -249,6 +286,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, wake_rx: Connection) {
         wake_rx,
         workers: Vec::new(),
         counter: 0,
+        scratch: Vec::new(),
     };
     for _ in 0..sup.config.processes {
         if let Err(e) = sup.start_worker(true) {
@@ -311,11 +349,7 @@ impl Supervisor {
         match w.batches.len() {
             0 => {}
             1 if deep => {
-                if st
-                    .queue
-                    .front()
-                    .is_some_and(|u| u.payload.len() > PREFETCH_BYTES)
-                {
+                if st.queue.front().is_some_and(|u| u.len > PREFETCH_BYTES) {
                     return 0;
                 }
             }
@@ -353,12 +387,12 @@ impl Supervisor {
                 while units.len() < k {
                     let Some(u) = st.queue.front() else { break };
                     if !units.is_empty()
-                        && (bytes + u.payload.len() > limit || fds + u.fds.len() > socket::MAX_FDS)
+                        && (bytes + u.len > limit || fds + u.nfds > socket::MAX_FDS)
                     {
                         break;
                     }
-                    bytes += u.payload.len();
-                    fds += u.fds.len();
+                    bytes += u.len;
+                    fds += u.nfds;
                     if let Some(u) = st.queue.pop_front() {
                         units.push(u);
                     }
@@ -375,36 +409,82 @@ impl Supervisor {
     }
 
     fn send_batch(&mut self, i: usize, units: Vec<Unit>) {
+        let total: usize = units.iter().map(|u| UnitHeader::SIZE + u.len).sum();
         let w = &mut self.workers[i];
-        let headers: Vec<Vec<u8>> = units
-            .iter()
-            .map(|u| {
-                postcard::to_allocvec(&UnitHeader {
-                    id: u.id,
-                    entry: u.entry,
-                    len: u.payload.len() as u64,
-                    nfds: u.fds.len() as u32,
-                })
-                .unwrap_or_default()
-            })
-            .collect();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(units.len() * 2);
-        for (h, u) in headers.iter().zip(&units) {
-            parts.push(h);
-            parts.push(&u.payload);
+        let Some(conn) = w.conn.clone() else {
+            w.batches.push_back((units.len(), false));
+            w.inflight.extend(units);
+            w.dead = true;
+            return;
+        };
+        let mut sent = true;
+        let mut via_arena = (arena::THRESHOLD..=arena::MAX_LEN).contains(&total) && !w.inbox_busy;
+        if via_arena && w.inbox.as_ref().is_none_or(|a| a.len() < total) {
+            match Arena::new(total) {
+                Ok(a) => {
+                    sent = conn
+                        .send_encoded(&[worker::NEW_ARENA], &[a.as_fd()])
+                        .is_ok();
+                    w.inbox = Some(a);
+                }
+                Err(_) => via_arena = false,
+            }
         }
-        let raw: Vec<RawFd> = units.iter().flat_map(|u| u.fds.iter().copied()).collect();
-        // SAFETY: each unit's descriptors belong to the values in its `keep` (or the pool's
-        // initializer argument), alive until the unit is done, so open during this send.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let buf: &mut [u8] = if via_arena {
+            // SAFETY: no outstanding batch came through the inbox (`inbox_busy` is false), and
+            // the worker reads it only while running such a batch (see `arena.rs`).
+            #[allow(unsafe_code)]
+            let b = w.inbox.as_mut().and_then(|a| unsafe { a.bytes_mut(total) });
+            match b {
+                Some(b) => b,
+                None => {
+                    via_arena = false;
+                    scratch.clear();
+                    scratch.resize(total, 0);
+                    &mut scratch[..]
+                }
+            }
+        } else {
+            scratch.clear();
+            scratch.resize(total, 0);
+            &mut scratch[..]
+        };
+        let (used, raw, failed) = fill(buf, &units);
+        let mut kept = Vec::with_capacity(units.len());
+        for (k, unit) in units.into_iter().enumerate() {
+            match failed.iter().find(|(j, _)| *j == k) {
+                Some((_, why)) => unit.fail(PoolError::new(Kind::Encode(why.clone()))),
+                None => kept.push(unit),
+            }
+        }
+        if kept.is_empty() {
+            self.scratch = scratch;
+            return;
+        }
+        // SAFETY: each unit's descriptors belong to the values its payload holds (or the
+        // pool's initializer argument), alive until the unit is done, so open during this
+        // send.
         #[allow(unsafe_code)]
         let fds = unsafe { handle::borrow_all(&raw) };
-        let sent = match &w.conn {
-            Some(c) => c.send_encoded_parts(&parts, &fds).is_ok(),
-            None => false,
-        };
+        if sent {
+            sent = if via_arena {
+                let mut frame = [worker::ARENA; 9];
+                frame[1..].copy_from_slice(&(used as u64).to_le_bytes());
+                conn.send_encoded(&frame, &fds).is_ok()
+            } else {
+                conn.send_encoded_parts(&[&[worker::INLINE], &scratch[..used]], &fds)
+                    .is_ok()
+            };
+        }
         drop(fds);
-        w.batches.push_back(units.len());
-        w.inflight.extend(units);
+        self.scratch = scratch;
+        let w = &mut self.workers[i];
+        if via_arena {
+            w.inbox_busy = true;
+        }
+        w.batches.push_back((kept.len(), via_arena));
+        w.inflight.extend(kept);
         if !sent {
             // The worker is gone (or the pool is terminating): its death handling requeues.
             w.dead = true;
@@ -491,8 +571,38 @@ impl Supervisor {
         }
     }
 
-    fn handle_report(&mut self, i: usize, bytes: &[u8], fds: Vec<std::os::fd::OwnedFd>) {
-        let parts = match worker::split_frame::<ResultHeader>(bytes, fds, |h| (h.len, h.nfds)) {
+    fn handle_report(&mut self, i: usize, frame: &[u8], mut fds: Vec<std::os::fd::OwnedFd>) {
+        // The outbox is taken out for the reading, so that the worker list stays usable.
+        let outbox = self.workers[i].outbox.take();
+        let body = match worker::frame_body(frame, &mut fds, outbox.as_ref()) {
+            Ok(Body::Units(b)) => b,
+            Ok(Body::NewArena(a)) => {
+                self.workers[i].outbox = Some(a);
+                return;
+            }
+            Err(_) => {
+                self.workers[i].outbox = outbox;
+                self.kill_worker(i);
+                return;
+            }
+        };
+        let from_arena = frame.first() == Some(&worker::ARENA);
+        self.handle_units(i, body, fds);
+        let w = &mut self.workers[i];
+        if w.outbox.is_none() {
+            w.outbox = outbox;
+        }
+        if from_arena {
+            // Every read of the outbox is done: hand it back (see `arena.rs`).
+            w.outbox_consumed = w.outbox_consumed.wrapping_add(1);
+            w.slot
+                .atomic_u32(worker::CONSUMED)
+                .store(w.outbox_consumed, Ordering::Release);
+        }
+    }
+
+    fn handle_units(&mut self, i: usize, bytes: &[u8], fds: Vec<std::os::fd::OwnedFd>) {
+        let parts = match worker::split_frame::<ResultHeader>(bytes, fds) {
             Ok(p) => p,
             Err(_) => {
                 self.kill_worker(i);
@@ -513,14 +623,17 @@ impl Supervisor {
             }
             w.reported = w.reported.wrapping_add(1);
             if let Some(front) = w.batches.front_mut() {
-                *front -= 1;
-                if *front == 0 {
+                front.0 -= 1;
+                if front.0 == 0 {
+                    if front.1 {
+                        w.inbox_busy = false;
+                    }
                     w.batches.pop_front();
                 }
             }
             match unit.kind {
                 UnitKind::Task(sink) => sink.deliver(unit.start, unit.count, body, fds, pid),
-                UnitKind::Init => match handle::decode::<UnitOut<()>>(body, fds) {
+                UnitKind::Init => match UnitOut::<()>::decode(body, fds) {
                     Ok(UnitOut::All(_)) => {
                         self.workers[i].initialized = true;
                         self.check_ready();
@@ -536,7 +649,7 @@ impl Supervisor {
                         self.break_pool(PoolError::new(Kind::Initializer { pid, message }))
                     }
                     Err(e) => {
-                        self.break_pool(PoolError::new(Kind::Initializer { pid, message: e.0 }))
+                        self.break_pool(PoolError::new(Kind::Initializer { pid, message: e }))
                     }
                 },
             }
@@ -618,6 +731,10 @@ impl Supervisor {
             slot,
             inflight: VecDeque::new(),
             batches: VecDeque::new(),
+            inbox: None,
+            inbox_busy: false,
+            outbox: None,
+            outbox_consumed: 0,
             reported: 0,
             assigned: 0,
             initialized: self.config.init.is_none(),
@@ -629,9 +746,13 @@ impl Supervisor {
             let unit = Unit {
                 id: self.shared.next_id(),
                 entry: init.entry,
-                payload: init.payload.clone(),
-                fds: init.fds.clone(),
-                keep: Some(Arc::clone(&init.keep)),
+                len: init.payload.len(),
+                nfds: init.fds.len(),
+                payload: Payload::Ready {
+                    bytes: init.payload.clone(),
+                    fds: init.fds.clone(),
+                    keep: Some(Arc::clone(&init.keep)),
+                },
                 kind: UnitKind::Init,
                 start: 0,
                 count: 1,
@@ -655,7 +776,7 @@ impl Supervisor {
         }
         self.join_ending(&mut w.proc);
         let code = w.proc.exitcode().unwrap_or(-9);
-        let started = w.slot.atomic_u32(0).load(Ordering::Acquire);
+        let started = w.slot.atomic_u32(worker::STARTED).load(Ordering::Acquire);
         let unreported = started.wrapping_sub(w.reported) as usize;
         let culprit = if unreported >= 1 && unreported <= w.inflight.len() {
             Some(unreported - 1)
@@ -821,4 +942,40 @@ impl Supervisor {
         drop(st);
         self.shared.cv.notify_all();
     }
+}
+
+/// Writes the units of a batch into `buf`: per unit its header, then its arguments (encoded
+/// now if lazy). Returns the bytes used, the descriptors of the units written, and the units
+/// that could not be encoded (left out of the batch) with the reason.
+fn fill(buf: &mut [u8], units: &[Unit]) -> (usize, Vec<RawFd>, Vec<(usize, String)>) {
+    let mut pos = 0;
+    let mut raw = Vec::new();
+    let mut failed = Vec::new();
+    for (k, u) in units.iter().enumerate() {
+        let body = pos + UnitHeader::SIZE;
+        let dst = &mut buf[body..body + u.len];
+        let fds = match &u.payload {
+            Payload::Ready { bytes, fds, .. } => {
+                dst.copy_from_slice(bytes);
+                Ok(fds.clone())
+            }
+            Payload::Lazy(args) => args.encode(dst),
+        };
+        match fds {
+            Ok(fds) if fds.len() == u.nfds => {
+                UnitHeader {
+                    id: u.id,
+                    entry: u.entry,
+                    len: u.len as u64,
+                    nfds: u.nfds as u32,
+                }
+                .write(&mut buf[pos..body]);
+                raw.extend(fds);
+                pos = body + u.len;
+            }
+            Ok(_) => failed.push((k, "the argument's handles changed after submission".into())),
+            Err(e) => failed.push((k, e)),
+        }
+    }
+    (pos, raw, failed)
 }

@@ -1,14 +1,24 @@
 //! The worker process: a loop that runs batches of units and sends their results back.
 //!
 //! # Frames (inside `Connection` frames, parent <-> one worker)
-//! A *batch* (parent -> worker) is one frame whose payload is, per unit:
-//! `postcard(UnitHeader { id, entry, len, nfds })` then `len` bytes of arguments (the
-//! handle-encoded `Vec<A>` of the unit's items). The frame's descriptors are the units'
-//! descriptors, concatenated in order (`nfds` each).
+//! A frame's first byte is its kind:
+//! - `INLINE`: the body follows in the frame;
+//! - `ARENA`: a `u64` length `len` follows; the body is the first `len` bytes of the sender's
+//!   arena (the pool's inbox for this worker, or the worker's outbox; see `arena.rs`);
+//! - `NEW_ARENA`: the frame's one descriptor is the sender's new arena (larger than the old
+//!   one, which the receiver drops); no body.
 //!
-//! A *report* (worker -> parent) answers one batch: per unit, in the batch's order,
-//! `postcard(ResultHeader { id, len, nfds })` then `len` bytes (the handle-encoded
-//! `UnitOut<R>`), descriptors concatenated likewise.
+//! The body of a *batch* (parent -> worker) is, per unit: a fixed [`UnitHeader`] then `len`
+//! bytes of arguments (the `Vec<A>` of the unit's items, in the pool's wire format, see
+//! `wire.rs`). The frame's descriptors are the units' descriptors, concatenated in order
+//! (`nfds` each). Large batches go through the inbox: the pool encodes the arguments straight
+//! into it, and the worker decodes them from it, so the bytes cross no socket and no fresh
+//! buffer.
+//!
+//! A *report* (worker -> parent) answers one batch: per unit, in the batch's order, a fixed
+//! [`ResultHeader`] then `len` bytes (the `UnitOut<R>`), descriptors concatenated likewise.
+//! The worker builds it in one buffer that it reuses; a large report goes through the outbox
+//! when the pool is done with the previous one there.
 //!
 //! # The started counter
 //! Reports are sent per batch, so a worker that dies part-way through a batch has not told
@@ -18,17 +28,19 @@
 //! every store of the dead process, so `Acquire` is more than enough): of the units the dead
 //! worker held, the last started one is the one that killed it; the ones before it had
 //! finished (their report was lost) and the ones after had not started, and both kinds are
-//! run again on another worker.
+//! run again on another worker. Offset 4 of the same page counts the outbox reports the pool
+//! has consumed (see `arena.rs`).
 //!
 //! The worker ends when its connection reaches end of file: the pool closed it (retiring the
 //! worker after `maxtasksperchild` units, or shutting down).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::arena::{self, Arena};
 use crate::connection::{Connection, ConnectionError};
 use crate::region::Region;
 use crate::task;
@@ -40,7 +52,38 @@ pub(crate) struct WorkerArgs {
     pub(crate) slot: Region,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// Frame kinds (the first byte of a frame).
+pub(crate) const INLINE: u8 = 0;
+pub(crate) const ARENA: u8 = 1;
+pub(crate) const NEW_ARENA: u8 = 2;
+
+/// The slot offset of the started counter.
+pub(crate) const STARTED: usize = 0;
+/// The slot offset of the count of outbox reports the pool has consumed.
+pub(crate) const CONSUMED: usize = 4;
+
+/// A fixed-size unit or result header.
+pub(crate) trait Header: Sized {
+    const SIZE: usize;
+    fn read(b: &[u8]) -> Self;
+    /// `(len, nfds)`.
+    fn body(&self) -> (u64, u32);
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+/// The header of one unit of a batch: `id u64, entry i64, len u64, nfds u32`, little-endian.
+#[derive(Debug)]
 pub(crate) struct UnitHeader {
     pub(crate) id: u64,
     pub(crate) entry: i64,
@@ -48,28 +91,77 @@ pub(crate) struct UnitHeader {
     pub(crate) nfds: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+impl UnitHeader {
+    pub(crate) fn write(&self, b: &mut [u8]) {
+        b[0..8].copy_from_slice(&self.id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.entry.to_le_bytes());
+        b[16..24].copy_from_slice(&self.len.to_le_bytes());
+        b[24..28].copy_from_slice(&self.nfds.to_le_bytes());
+    }
+}
+
+impl Header for UnitHeader {
+    const SIZE: usize = 28;
+    fn read(b: &[u8]) -> Self {
+        UnitHeader {
+            id: u64_at(b, 0),
+            entry: u64_at(b, 8) as i64,
+            len: u64_at(b, 16),
+            nfds: u32_at(b, 24),
+        }
+    }
+    fn body(&self) -> (u64, u32) {
+        (self.len, self.nfds)
+    }
+}
+
+/// The header of one unit of a report: `id u64, len u64, nfds u32`, little-endian.
+#[derive(Debug)]
 pub(crate) struct ResultHeader {
     pub(crate) id: u64,
     pub(crate) len: u64,
     pub(crate) nfds: u32,
 }
 
+impl ResultHeader {
+    fn write(&self, b: &mut [u8]) {
+        b[0..8].copy_from_slice(&self.id.to_le_bytes());
+        b[8..16].copy_from_slice(&self.len.to_le_bytes());
+        b[16..20].copy_from_slice(&self.nfds.to_le_bytes());
+    }
+}
+
+impl Header for ResultHeader {
+    const SIZE: usize = 20;
+    fn read(b: &[u8]) -> Self {
+        ResultHeader {
+            id: u64_at(b, 0),
+            len: u64_at(b, 8),
+            nfds: u32_at(b, 16),
+        }
+    }
+    fn body(&self) -> (u64, u32) {
+        (self.len, self.nfds)
+    }
+}
+
 /// One unit of a frame: its header, its bytes, its descriptors.
 pub(crate) type Part<'a, H> = (H, &'a [u8], Vec<OwnedFd>);
 
-/// Splits a frame into `(header, bytes, descriptors)` parts.
-pub(crate) fn split_frame<'a, H: for<'de> Deserialize<'de>>(
-    mut bytes: &'a [u8],
+/// Splits a frame body into `(header, bytes, descriptors)` parts.
+pub(crate) fn split_frame<H: Header>(
+    mut bytes: &[u8],
     fds: Vec<OwnedFd>,
-    nfds_len: impl Fn(&H) -> (u64, u32),
-) -> Result<Vec<Part<'a, H>>, String> {
+) -> Result<Vec<Part<'_, H>>, String> {
     let mut fds = fds.into_iter();
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let (h, rest) =
-            postcard::take_from_bytes::<H>(bytes).map_err(|e| format!("bad unit header: {e}"))?;
-        let (len, nfds) = nfds_len(&h);
+        if bytes.len() < H::SIZE {
+            return Err("bad unit header".into());
+        }
+        let h = H::read(&bytes[..H::SIZE]);
+        let rest = &bytes[H::SIZE..];
+        let (len, nfds) = h.body();
         let len = usize::try_from(len).map_err(|_| "unit too long".to_string())?;
         if rest.len() < len {
             return Err("unit shorter than its header says".into());
@@ -84,24 +176,77 @@ pub(crate) fn split_frame<'a, H: for<'de> Deserialize<'de>>(
     Ok(out)
 }
 
+/// What a frame holds, once its kind byte is read.
+pub(crate) enum Body<'a> {
+    /// The body, in the frame or in an arena.
+    Units(&'a [u8]),
+    /// The sender's new arena.
+    NewArena(Arena),
+}
+
+/// Reads a frame's kind. `arena` is the receiver's mapping of the sender's arena.
+pub(crate) fn frame_body<'a>(
+    frame: &'a [u8],
+    fds: &mut Vec<OwnedFd>,
+    arena: Option<&'a Arena>,
+) -> Result<Body<'a>, String> {
+    match frame.first() {
+        Some(&INLINE) => Ok(Body::Units(&frame[1..])),
+        Some(&ARENA) if frame.len() == 9 => {
+            let len = usize::try_from(u64_at(frame, 1)).map_err(|_| "arena frame too long")?;
+            // SAFETY: the sender handed the arena over with this frame and does not touch
+            // it until we hand it back (see `arena.rs`).
+            #[allow(unsafe_code)]
+            let body = arena.and_then(|a| unsafe { a.bytes(len) });
+            body.map(Body::Units)
+                .ok_or_else(|| "arena frame without an arena large enough".into())
+        }
+        Some(&NEW_ARENA) if frame.len() == 1 && fds.len() == 1 => {
+            let fd = fds.pop().ok_or("no arena descriptor")?;
+            Arena::from_fd(fd)
+                .map(Body::NewArena)
+                .map_err(|e| format!("cannot map the arena: {e}"))
+        }
+        _ => Err("unknown frame kind".into()),
+    }
+}
+
 /// The worker process's target.
 pub(crate) fn worker_main(args: WorkerArgs) {
     let WorkerArgs { conn, slot } = args;
-    let started = slot.atomic_u32(0);
+    crate::sys::process::keep_freed_memory(256 << 20);
+    let started = slot.atomic_u32(STARTED);
+    let consumed = slot.atomic_u32(CONSUMED);
     let mut count: u32 = 0;
+    let mut inbox: Option<Arena> = None;
+    let mut out = Outbox {
+        arena: None,
+        sent: 0,
+    };
+    let mut report: Vec<u8> = Vec::new();
     loop {
-        let (bytes, fds) = match conn.recv_raw_timeout(Duration::from_secs(3600)) {
+        let (frame, mut fds) = match conn.recv_raw_timeout(Duration::from_secs(3600)) {
             Ok(frame) => frame,
             Err(ConnectionError::Timeout) => continue,
             // End of file: the pool retired this worker or shut down.
             Err(_) => return,
         };
-        let units = match split_frame::<UnitHeader>(&bytes, fds, |h| (h.len, h.nfds)) {
-            Ok(u) => u,
+        let body = match frame_body(&frame, &mut fds, inbox.as_ref()) {
+            Ok(Body::Units(b)) => b,
+            Ok(Body::NewArena(a)) => {
+                inbox = Some(a);
+                continue;
+            }
             // The parent broke the protocol: nothing sensible can follow.
             Err(_) => std::process::exit(70),
         };
-        let mut outputs = Vec::with_capacity(units.len());
+        let units = match split_frame::<UnitHeader>(body, fds) {
+            Ok(u) => u,
+            Err(_) => std::process::exit(70),
+        };
+        report.clear();
+        let mut out_fds: Vec<Vec<OwnedFd>> = Vec::with_capacity(units.len());
+        let mut bounds: Vec<usize> = Vec::with_capacity(units.len() + 1);
         for (h, args, fds) in units {
             count = count.wrapping_add(1);
             started.store(count, Ordering::Release);
@@ -110,72 +255,100 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             // build id under the re-executing start methods).
             #[allow(unsafe_code)]
             let entry = unsafe { task::pool_entry_at(h.entry) };
-            outputs.push((h.id, entry(args, fds)));
+            let at = report.len();
+            bounds.push(at);
+            report.resize(at + ResultHeader::SIZE, 0);
+            let mut unit_fds = entry(args, fds, &mut report);
+            let max = crate::sys::socket::MAX_FDS;
+            if unit_fds.len() > max {
+                let msg = format!(
+                    "a task's results can carry at most {max} handles, these carry {}",
+                    unit_fds.len()
+                );
+                unit_fds.clear();
+                report.truncate(at + ResultHeader::SIZE);
+                task::encode_failed(msg, &mut report);
+            }
+            let len = (report.len() - at - ResultHeader::SIZE) as u64;
+            ResultHeader {
+                id: h.id,
+                len,
+                nfds: unit_fds.len() as u32,
+            }
+            .write(&mut report[at..at + ResultHeader::SIZE]);
+            out_fds.push(unit_fds);
         }
-        if send_report(&conn, outputs).is_err() {
+        bounds.push(report.len());
+        if out
+            .send(&conn, consumed, &report, &bounds, &out_fds)
+            .is_err()
+        {
             return;
         }
     }
 }
 
-/// Sends the outputs of a batch, in as many frames as the descriptor limit needs.
-fn send_report(
-    conn: &Connection,
-    outputs: Vec<(u64, task::UnitOutput)>,
-) -> Result<(), ConnectionError> {
-    let max = crate::sys::socket::MAX_FDS;
-    let mut outputs: Vec<(u64, task::UnitOutput)> = outputs
-        .into_iter()
-        .map(|(id, out)| {
-            if out.fds.len() <= max {
-                return (id, out);
+/// The worker's side of its outbox.
+struct Outbox {
+    arena: Option<Arena>,
+    /// Reports sent through the outbox (wrapping).
+    sent: u32,
+}
+
+impl Outbox {
+    /// Sends a report: through the outbox if it is large, free and one frame can carry its
+    /// descriptors; else inline, in as many frames as the descriptor limit needs.
+    /// `bounds[k]..bounds[k + 1]` are unit `k`'s bytes in `report`.
+    fn send(
+        &mut self,
+        conn: &Connection,
+        consumed: &AtomicU32,
+        report: &[u8],
+        bounds: &[usize],
+        fds: &[Vec<OwnedFd>],
+    ) -> Result<(), ConnectionError> {
+        let max = crate::sys::socket::MAX_FDS;
+        let total_fds: usize = fds.iter().map(Vec::len).sum();
+        if report.len() >= arena::THRESHOLD
+            && report.len() <= arena::MAX_LEN
+            && total_fds <= max
+            && consumed.load(Ordering::Acquire) == self.sent
+        {
+            if self.arena.as_ref().is_none_or(|a| a.len() < report.len()) {
+                if let Ok(a) = Arena::new(report.len()) {
+                    conn.send_encoded(&[NEW_ARENA], &[a.as_fd()])?;
+                    self.arena = Some(a);
+                }
             }
-            // The variant does not depend on the result type: this decodes as any UnitOut<R>.
-            let msg = format!(
-                "a task's results can carry at most {max} handles, these carry {}",
-                out.fds.len()
-            );
-            let bytes =
-                postcard::to_allocvec(&task::UnitOut::<()>::Failed(msg)).unwrap_or_default();
-            (
-                id,
-                task::UnitOutput {
-                    bytes,
-                    fds: Vec::new(),
-                },
-            )
-        })
-        .collect();
-    while !outputs.is_empty() {
-        let mut n = 0;
-        let mut nfds = 0;
-        while n < outputs.len() && (n == 0 || nfds + outputs[n].1.fds.len() <= max) {
-            nfds += outputs[n].1.fds.len();
-            n += 1;
+            // SAFETY: the pool consumed every report sent through the outbox (checked above:
+            // its count, stored with `Release` after its last read, equals ours), so it does
+            // not read the outbox until the frame below hands it over again.
+            #[allow(unsafe_code)]
+            let dst = self
+                .arena
+                .as_mut()
+                .and_then(|a| unsafe { a.bytes_mut(report.len()) });
+            if let Some(dst) = dst {
+                dst.copy_from_slice(report);
+                self.sent = self.sent.wrapping_add(1);
+                let mut frame = [ARENA; 9];
+                frame[1..].copy_from_slice(&(report.len() as u64).to_le_bytes());
+                let all: Vec<_> = fds.iter().flatten().map(|f| f.as_fd()).collect();
+                return conn.send_encoded(&frame, &all);
+            }
         }
-        let rest = outputs.split_off(n);
-        let group = std::mem::replace(&mut outputs, rest);
-        let headers: Vec<Vec<u8>> = group
-            .iter()
-            .map(|(id, out)| {
-                postcard::to_allocvec(&ResultHeader {
-                    id: *id,
-                    len: out.bytes.len() as u64,
-                    nfds: out.fds.len() as u32,
-                })
-                .unwrap_or_default()
-            })
-            .collect();
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(group.len() * 2);
-        for (h, (_, out)) in headers.iter().zip(&group) {
-            parts.push(h);
-            parts.push(&out.bytes);
+        let mut k = 0;
+        while k < fds.len() {
+            let (first, mut n, mut nfds) = (k, 0, 0);
+            while k < fds.len() && (n == 0 || nfds + fds[k].len() <= max) {
+                nfds += fds[k].len();
+                n += 1;
+                k += 1;
+            }
+            let bytes = &report[bounds[first]..bounds[k]];
+            let all: Vec<_> = fds[first..k].iter().flatten().map(|f| f.as_fd()).collect();
+            conn.send_encoded_parts(&[&[INLINE], bytes], &all)?;
         }
-        let fds: Vec<_> = group
-            .iter()
-            .flat_map(|(_, out)| out.fds.iter().map(|f| f.as_fd()))
-            .collect();
-        conn.send_encoded_parts(&parts, &fds)?;
+        Ok(())
     }
-    Ok(())
 }
