@@ -267,7 +267,7 @@ fn run_workload(workload: &Workload, args: &Args) -> usize {
         let mut out = std::io::stdout().lock();
         for row in &rows {
             let row = Row {
-                value: round3(row.value),
+                value: round_significant(row.value),
                 ..*row
             };
             let line = serde_json::to_string(&row).expect("a Row always serializes");
@@ -277,8 +277,24 @@ fn run_workload(workload: &Workload, args: &Args) -> usize {
     failures
 }
 
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+/// Six significant digits: enough for every ratio, whatever the magnitude (a pool map of a
+/// few milliseconds in seconds, or millions of messages per second).
+fn round_significant(x: f64) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(5 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
+}
+
+/// The table's value column: at least four significant digits below 1, three decimals above.
+fn show(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1.0 {
+        let decimals = (3 - x.abs().log10().floor() as i32).clamp(3, 9) as usize;
+        format!("{x:.decimals$}")
+    } else {
+        format!("{x:.3}")
+    }
 }
 
 /// The human table: on stdout, or on stderr when stdout carries JSON.
@@ -300,8 +316,12 @@ fn print_table(workload: &Workload, rows: &[Row], args: &Args) {
             _ => "-".to_string(),
         };
         table += &format!(
-            "  {:<26} {:<10} {:>12.3} {:<5} {:>17}\n",
-            row.system, row.metric, row.value, row.unit, ratio
+            "  {:<26} {:<10} {:>12} {:<5} {:>17}\n",
+            row.system,
+            row.metric,
+            show(row.value),
+            row.unit,
+            ratio
         );
     }
     if args.json {
