@@ -9,9 +9,10 @@
 //!   the pool.
 //!
 //! An arena has one writer and one reader, and is never written while its reader may read
-//! it. The socket frame that says "the batch (or report) is in your arena, `len` bytes" is
-//! what hands it to the reader (a socket write and read order the memory accesses around them,
-//! as for any message). Handing it back:
+//! it. The message that says "the batch (or report) is in your arena, `len` bytes" is what
+//! hands it to the reader (sending and receiving a message order the memory accesses around
+//! them: through the pipe's shared ring by a release store and an acquire load, through the
+//! socket by the kernel). Handing it back:
 //! - the inbox: the worker reads it only while running the batch it came with, and sends that
 //!   batch's report afterwards; the pool writes the inbox again only after that whole report
 //!   arrived (it tracks which outstanding batch used the inbox);
