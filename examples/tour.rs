@@ -264,8 +264,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     times.sort();
     println!(
         "  1,000 round trips of a u64 with an echoing child: median {:?}\n  (about a microsecond \
-         when both processes have a core; when the machine is busy the receiver sleeps instead \
-         of spinning, and a kernel wake-up costs tens of microseconds)",
+         when the two processes run on different cores; several when the scheduler put them on \
+         one, where the waiting side yields the core instead of spinning; a kernel wake-up each \
+         way would cost tens of microseconds)",
         times[times.len() / 2]
     );
     drop(conn);

@@ -8,6 +8,7 @@
 //! | 4 | `u32` | layout version (1) |
 //! | 8 | `u32` | ring capacity per direction in bytes (a power of two) |
 //! | 16 + 4e | `AtomicU32` | `holders[e]`: how many `Connection` objects hold end `e` (a hint) |
+//! | 128 + 64e | `AtomicU32` | `cpu[e]`: 1 + the CPU end `e` last received or waited on (0: unknown), a hint |
 //! | 512 + 1024d | | direction `d`, each group on its own cache line: |
 //! | +0 | `AtomicU64` | `tail`: bytes ever written (the next record's position) |
 //! | +64 | [`RawLock`] | the writer lock (16 bytes) |
@@ -47,7 +48,9 @@
 //!   ring is reported, never trusted), use it, then `head.store(SeqCst)`, which gives its room
 //!   back. A reader that dies before that store leaves the message for the next reader.
 //! - **A sleeping reader** spins first (bounded, adaptive, and only when the peer is neither
-//!   closed nor itself asleep waiting for us), then increments `sleepers`, stores
+//!   closed nor itself asleep waiting for us; when the peer last ran on this very CPU, spinning
+//!   would only keep it from running, so the reader yields the CPU instead, for the same
+//!   bounded time), then increments `sleepers`, stores
 //!   `armed = 1` and re-reads `tail` (all `SeqCst`) before it `poll`s the doorbell and the
 //!   socket. The writer, after its `SeqCst` store of `tail`, reads `armed` (`SeqCst`) and, if
 //!   set, swaps it to 0 and rings. Store-then-load on both sides in one total order: either
@@ -105,6 +108,7 @@ const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = 4;
 const OFF_RING: usize = 8;
 const OFF_HOLDERS: usize = 16;
+const OFF_CPU: usize = 128;
 
 const W_TAIL: usize = 0;
 const W_LOCK: usize = 64;
@@ -153,6 +157,22 @@ fn spin(deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
         }
         if Instant::now() >= end {
             SKIP_SPINS.with(|s| s.set(SPIN_BACKOFF));
+            return done();
+        }
+    }
+}
+
+/// Yields the CPU until `done`, for at most [`SPIN`] and not past `deadline`: the wait of a
+/// reader whose peer is runnable on the same CPU (spinning would hold the CPU it needs).
+fn yield_until(deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    let end = deadline.map_or(start + SPIN, |d| d.min(start + SPIN));
+    loop {
+        if done() {
+            return true;
+        }
+        std::thread::yield_now();
+        if Instant::now() >= end {
             return done();
         }
     }
@@ -426,12 +446,37 @@ impl Fast {
             && (out.sleepers().load(Ordering::Relaxed) == 0 || out.nonempty(Ordering::Relaxed))
     }
 
-    /// Spins (bounded, adaptive, only while the peer may send) for an inbound record.
+    /// The `cpu` hint word of end `e`.
+    fn cpu_word(&self, e: usize) -> &AtomicU32 {
+        self.shared.region.get(OFF_CPU + 64 * e)
+    }
+
+    /// Records the CPU this end runs on (a store only when it changed: the word stays in
+    /// this end's cache). Returns the recorded value (1 + CPU, or 0 when unknown).
+    pub(crate) fn note_cpu(&self) -> u32 {
+        let cpu = crate::sys::sync::current_cpu().map_or(0, |c| c.wrapping_add(1));
+        let word = self.cpu_word(self.end);
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
+        cpu
+    }
+
+    /// Waits briefly for an inbound record before sleeping, only while the peer may send:
+    /// spins (bounded, adaptive), or, when the peer last ran on this CPU (where it now waits
+    /// for this thread to let it run), yields the CPU for the same bounded time.
     pub(crate) fn spin_for_inbound(&self, deadline: Option<Instant>) -> bool {
         if self.inbound_ready() {
             return true;
         }
-        self.peer_may_send() && spin(deadline, || self.inbound_ready())
+        if !self.peer_may_send() {
+            return false;
+        }
+        let me = self.note_cpu();
+        if me != 0 && self.cpu_word(1 - self.end).load(Ordering::Relaxed) == me {
+            return yield_until(deadline, || self.inbound_ready());
+        }
+        spin(deadline, || self.inbound_ready())
     }
 
     /// Registers as a sleeper on the inbound doorbell. `true` when a record arrived meanwhile
@@ -733,6 +778,8 @@ impl<'a> Reader<'a> {
         let d = self.fast.inbound();
         let head = d.head().load(Ordering::Acquire);
         d.release(head + self.pending.replace(0) as u64);
+        // Where the user's code runs next, and the reply comes from: the peer's hint.
+        self.fast.note_cpu();
     }
 }
 

@@ -99,6 +99,14 @@ pub(crate) fn current_process() -> (u32, u32) {
     (pid, read_stat(pid).map_or(0, |s| s.start))
 }
 
+/// The CPU the calling thread runs on now (it may move right after): `sched_getcpu`, a vDSO
+/// call, no syscall. `None` when the system cannot tell.
+pub(crate) fn current_cpu() -> Option<u32> {
+    // SAFETY: no arguments, no memory; returns -1 on failure.
+    let cpu = unsafe { libc::sched_getcpu() };
+    u32::try_from(cpu).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
