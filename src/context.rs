@@ -336,6 +336,7 @@ fn launch_fork(
     // SAFETY: the offset was made by `entry_offset` in this very process.
     #[allow(unsafe_code)]
     let entry = unsafe { task::entry_at(entry_offset) };
+    crate::sys::before_fork();
     let (parent_end, child_end) = socket::socketpair().map_err(ProcessError::start)?;
     let parent_pid = sysproc::getpid();
     // Hold stdout's and stderr's locks across the fork, flushed: otherwise another thread

@@ -33,13 +33,18 @@ pub(crate) fn cached_pid() -> u32 {
     if pid != 0 {
         return pid;
     }
+    register_at_fork();
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
+/// Registers the fork handler that clears the cached pid (once per process).
+pub(crate) fn register_at_fork() {
     ATFORK.call_once(|| {
         // SAFETY: registers a handler that only does an atomic store; no pointers are kept.
         unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
     });
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    PID.store(pid, Ordering::Relaxed);
-    pid
 }
 
 /// Whether process `pid` is still running: it exists and is not a zombie (a killed child

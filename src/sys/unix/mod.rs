@@ -13,6 +13,22 @@ pub(crate) mod sync;
 
 use std::io;
 
+/// Completes, in the parent, every one-time initialization that a forked child may need.
+///
+/// A `Once` that another thread is running when `fork` happens stays "running" forever in the
+/// child, where no thread will finish it, and the child's first use of it blocks for good.
+/// (Found as Fork children stuck in the `call_once` of `sync::current_thread` while a test
+/// thread of the parent was taking its first lock; it hung about one run in six of a test
+/// binary whose tests start Fork children from parallel threads.) After this call each of them
+/// is complete, whatever other threads do, and the forking thread waits here for one that
+/// another thread is in the middle of.
+pub(crate) fn before_fork() {
+    sync::register_at_fork();
+    ipc::register_at_fork();
+    let _ = socket::dev_null();
+    let _ = build_id::build_id();
+}
+
 /// Turns a `-1` return into the thread's `errno` as an `io::Error`.
 pub(crate) fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
     if ret == T::from(-1) {

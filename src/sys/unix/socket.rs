@@ -188,13 +188,19 @@ pub(crate) fn dup(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     fd.try_clone_to_owned()
 }
 
+/// `/dev/null`, opened once per process (kept open: `neutralize` needs it in forked children).
+pub(crate) fn dev_null() -> Option<&'static std::fs::File> {
+    static DEV_NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    DEV_NULL
+        .get_or_init(|| std::fs::File::open("/dev/null").ok())
+        .as_ref()
+}
+
 /// Points descriptor number `fd` at `/dev/null`, dropping whatever it referred to while keeping
 /// the number taken (in a forked child, for descriptors that belong to the parent's objects).
 pub(crate) fn neutralize(fd: std::os::fd::RawFd) {
     use std::os::fd::AsRawFd;
-    static DEV_NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
-    let null = DEV_NULL.get_or_init(|| std::fs::File::open("/dev/null").ok());
-    if let Some(null) = null {
+    if let Some(null) = dev_null() {
         // SAFETY: dup3 on two descriptor numbers; `fd` is owned by an object that this forked
         // child will never use or drop, so replacing what the number refers to is invisible
         // to safe code.

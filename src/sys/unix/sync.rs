@@ -36,13 +36,18 @@ pub(crate) fn current_thread() -> (u32, u32) {
     current_thread_slow()
 }
 
-#[cold]
-fn current_thread_slow() -> (u32, u32) {
+/// Registers the fork handler that invalidates cached thread identities (once per process).
+pub(crate) fn register_at_fork() {
     AT_FORK.call_once(|| {
         // SAFETY: registers a plain function that only touches an atomic (async-signal-safe),
         // valid for the life of the process.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+}
+
+#[cold]
+fn current_thread_slow() -> (u32, u32) {
+    register_at_fork();
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
     let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
     let start = read_stat(tid).map_or(0, |s| s.start);
