@@ -5,15 +5,7 @@
 
 mod common;
 use common::*;
-use multiprocess::{Bytes, Connection, Pipe, Pool};
-
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap_or_else(|e| panic!("{m}: {e}"))
-}
+use multiprocess::{Bytes, Connection, Pipe};
 
 fn blob(tag: u64, len: usize) -> Bytes {
     Bytes::from(

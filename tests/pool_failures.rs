@@ -6,14 +6,6 @@ use common::*;
 use multiprocess::{Connection, Pipe, Pool};
 use std::time::{Duration, Instant};
 
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap_or_else(|e| panic!("{m}: {e}"))
-}
-
 fn square(x: u64) -> u64 {
     x * x
 }

@@ -5,14 +5,6 @@ mod common;
 use common::*;
 use multiprocess::{Connection, Pipe, Pool};
 
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap_or_else(|e| panic!("{m}: {e}"))
-}
-
 /// Receives a number on `conn`, sends back its double; returns the worker's pid.
 fn doubler(conn: Connection) -> i32 {
     let x: i64 = conn.recv().unwrap();

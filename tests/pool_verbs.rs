@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use multiprocess::{Pool, PoolError};
+use multiprocess::PoolError;
 use std::collections::HashSet;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -23,14 +23,6 @@ fn describe(s: String) -> (usize, String) {
 fn sleep_then(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-fn pool(m: StartMethod, n: usize) -> Pool {
-    Pool::builder()
-        .processes(n)
-        .start_method(m)
-        .build()
-        .unwrap_or_else(|e| panic!("{m}: {e}"))
 }
 
 #[test]

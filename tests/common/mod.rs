@@ -9,6 +9,15 @@ pub use multiprocess::StartMethod;
 /// Every start method; each behaviour test runs under all of them.
 pub const METHODS: [StartMethod; 3] = StartMethod::ALL;
 
+/// A pool of `n` workers started with `m` (the pool tests' common setup).
+pub fn pool(m: StartMethod, n: usize) -> multiprocess::Pool {
+    multiprocess::Pool::builder()
+        .processes(n)
+        .start_method(m)
+        .build()
+        .unwrap_or_else(|e| panic!("{m}: {e}"))
+}
+
 /// Runs `f` on its own thread and fails the test if it has not finished within `secs`
 /// seconds. On a timeout, the children of this test process that are still running are
 /// killed (so nothing is left behind) and the test fails, naming the deadline.
