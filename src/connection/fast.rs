@@ -127,39 +127,16 @@ pub(crate) const ROOM_SLICE: Duration = Duration::from_millis(50);
 
 /// The longest a reader (or a writer waiting for room) spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(20);
-/// Waits that skip spinning after a spin that failed.
-const SPIN_BACKOFF: u32 = 8;
 
 thread_local! {
-    /// How many coming waits of this thread go to sleep at once (a recent spin failed).
+    /// Failed spins of pipe readers and writers (see [`crate::sync::spin_until`]).
     static SKIP_SPINS: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Spins until `done`, for at most [`SPIN`] and not past `deadline`; whether `done` became
-/// true. Adaptive: after a failed spin the thread's next [`SPIN_BACKOFF`] waits do not spin.
+/// Spins until `done`, for at most [`SPIN`] and not past `deadline` (adaptive, see
+/// [`crate::sync::spin_until`]); whether `done` became true.
 fn spin(deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
-    let skip = SKIP_SPINS.with(Cell::get);
-    if skip > 0 {
-        SKIP_SPINS.with(|s| s.set(skip - 1));
-        return done();
-    }
-    let start = Instant::now();
-    let end = match deadline {
-        Some(d) => d.min(start + SPIN),
-        None => start + SPIN,
-    };
-    loop {
-        for _ in 0..64 {
-            if done() {
-                return true;
-            }
-            std::hint::spin_loop();
-        }
-        if Instant::now() >= end {
-            SKIP_SPINS.with(|s| s.set(SPIN_BACKOFF));
-            return done();
-        }
-    }
+    crate::sync::spin_until(SPIN, deadline, &SKIP_SPINS, done)
 }
 
 /// Yields the CPU until `done`, for at most [`SPIN`] and not past `deadline`: the wait of a

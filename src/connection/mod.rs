@@ -714,17 +714,14 @@ impl Connection {
             return Ok(());
         }
         loop {
-            if fast.arm() {
-                return Ok(());
-            }
+            // The doorbell and the socket, as `wait` watches them; ready with an empty ring
+            // means the socket has something: end of file, or bytes nobody announced.
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let polled = socket::poll_readable(&[fast.inbound_bell(), self.fd.as_fd()], left);
-            fast.disarm(polled.as_ref().map_or(true, |r| r[0]));
-            let socket_ready = polled?[1];
+            let ready = !wait(&[self], left)?.is_empty();
             if fast.inbound_ready() {
                 return Ok(());
             }
-            if socket_ready {
+            if ready {
                 match socket::peek_eof(self.fd.as_fd())? {
                     Some(true) => return Err(ConnectionError::Eof),
                     Some(false) => {

@@ -160,15 +160,8 @@ impl Event {
             if flag.load(Ordering::Acquire) == 1 {
                 return true;
             }
-            let timeout = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    Some(d - now)
-                }
-                None => None,
+            let Some(timeout) = super::time_left(deadline) else {
+                return false;
             };
             sleepers.fetch_add(1, Ordering::SeqCst);
             if flag.load(Ordering::SeqCst) == 0 {

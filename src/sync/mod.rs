@@ -168,9 +168,13 @@ pub(crate) const SPIN_TIME: std::time::Duration = std::time::Duration::from_micr
 /// Waits skipped without spinning after a spin that failed.
 const SPIN_BACKOFF: u32 = 8;
 
+/// How many coming waits of a thread sleep at once: spinning failed recently (the machine is
+/// busy, or the other side is slow), so it would only burn a core. One counter per kind of
+/// wait, so that a failed spin of one kind does not stop the spins of another.
+pub(crate) type SpinSkips = std::thread::LocalKey<std::cell::Cell<u32>>;
+
 thread_local! {
-    /// How many coming waits of this thread sleep at once: spinning failed recently (the
-    /// machine is busy, or the other side is slow), so it would only burn a core.
+    /// The skips of the waits of [`spin_briefly`].
     static SKIP_SPINS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
@@ -181,12 +185,24 @@ thread_local! {
 /// trip of well under a microsecond instead of two futex wake-ups); on a loaded one, spinning
 /// stops and the waiter sleeps at once.
 pub(crate) fn spin_briefly(done: impl Fn() -> bool) -> bool {
-    let skip = SKIP_SPINS.with(std::cell::Cell::get);
+    spin_until(SPIN_TIME, None, &SKIP_SPINS, done)
+}
+
+/// Spins while `done` is false, for at most `limit` and not past `deadline`; whether `done`
+/// became true. Adaptive as [`spin_briefly`], counting failed spins in `skips`.
+pub(crate) fn spin_until(
+    limit: std::time::Duration,
+    deadline: Option<std::time::Instant>,
+    skips: &'static SpinSkips,
+    done: impl Fn() -> bool,
+) -> bool {
+    let skip = skips.with(std::cell::Cell::get);
     if skip > 0 {
-        SKIP_SPINS.with(|s| s.set(skip - 1));
+        skips.with(|s| s.set(skip - 1));
         return done();
     }
     let start = std::time::Instant::now();
+    let end = deadline.map_or(start + limit, |d| d.min(start + limit));
     loop {
         for _ in 0..32 {
             if done() {
@@ -194,9 +210,23 @@ pub(crate) fn spin_briefly(done: impl Fn() -> bool) -> bool {
             }
             std::hint::spin_loop();
         }
-        if start.elapsed() >= SPIN_TIME {
-            SKIP_SPINS.with(|s| s.set(SPIN_BACKOFF));
+        if std::time::Instant::now() >= end {
+            skips.with(|s| s.set(SPIN_BACKOFF));
             return done();
+        }
+    }
+}
+
+/// What is left of the wait until `deadline`: `Some(None)` without a deadline,
+/// `Some(Some(left))` before it, `None` once it has passed.
+pub(crate) fn time_left(
+    deadline: Option<std::time::Instant>,
+) -> Option<Option<std::time::Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(d) => {
+            let now = std::time::Instant::now();
+            (now < d).then(|| Some(d - now))
         }
     }
 }

@@ -68,15 +68,8 @@ impl Core {
             if self.try_acquire() {
                 return true;
             }
-            let timeout = match deadline {
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    Some(d - now)
-                }
-                None => None,
+            let Some(timeout) = super::time_left(deadline) else {
+                return false;
             };
             let sleepers = self.word(SLEEPERS);
             sleepers.fetch_add(1, Ordering::SeqCst);
