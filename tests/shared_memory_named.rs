@@ -17,6 +17,10 @@ fn unique(tag: &str) -> String {
     )
 }
 
+/// Held by the tests that create names in this process: the ledger is one per process, so a
+/// test that checks it is gone must not overlap another test's creations.
+static CREATES_HERE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn in_dev_shm(name: &str) -> bool {
     std::path::Path::new("/dev/shm").join(name).exists()
 }
@@ -48,6 +52,7 @@ fn read_handle(block: SharedMemory) -> Vec<u8> {
 #[test]
 fn a_child_attaches_by_name_and_never_unlinks() {
     deadline(60, || {
+        let _only_creator = CREATES_HERE.lock().unwrap_or_else(|e| e.into_inner());
         for m in METHODS {
             let name = unique("attach");
             let block = SharedMemory::create(&name, 4096).unwrap();
@@ -83,6 +88,7 @@ fn a_child_attaches_by_name_and_never_unlinks() {
 #[test]
 fn explicit_unlink_by_the_creator() {
     deadline(30, || {
+        let _only_creator = CREATES_HERE.lock().unwrap_or_else(|e| e.into_inner());
         let name = unique("unlink");
         let block = SharedMemory::create(&name, 100).unwrap();
         assert_eq!(
