@@ -230,8 +230,12 @@ fn sending_to_a_dead_reader_is_broken_pipe() {
     });
 }
 
-fn killed_reader(conn: Connection) {
+/// Holds its end without reading until it is killed; says when it holds it. (Killed before
+/// it had received its arguments, the end would still be in flight in a socket's queue, whose
+/// release the kernel may finish a little after the process is reaped.)
+fn killed_reader((conn, ready): (Connection, multiprocess::Event)) {
     let _keep = conn;
+    ready.set();
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -240,10 +244,12 @@ fn a_reader_killed_without_closing_is_noticed_by_the_second_send() {
     deadline(60, || {
         for m in METHODS {
             let (a, b) = Pipe::new().unwrap();
+            let ready = multiprocess::Event::new().unwrap();
             let mut p = Process::builder()
                 .start_method(m)
-                .start(killed_reader, b)
+                .start(killed_reader, (b, ready.clone()))
                 .unwrap();
+            assert!(ready.wait_timeout(Duration::from_secs(20)), "{m}");
             a.send(&1u8).unwrap();
             p.kill().unwrap();
             p.join().unwrap();

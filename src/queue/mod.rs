@@ -40,7 +40,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::handle::{self, TrackedFd};
 use crate::region::Region;
 use crate::sys::ipc;
-use ring::{Fail, Ring, Wait};
+use ring::{Fail, Got, Ring, Wait};
+
+/// Messages up to this size are taken through a buffer on the stack (see `get_with`).
+const SMALL_MESSAGE: usize = 256;
 
 /// The default size of a queue's ring: 1 MiB.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -51,10 +54,10 @@ thread_local! {
 }
 
 /// Keeps a scratch buffer for the next call unless it grew very large.
-fn keep(slot: &'static std::thread::LocalKey<Cell<Vec<u8>>>, mut buf: Vec<u8>) {
+fn keep(slot: &Cell<Vec<u8>>, mut buf: Vec<u8>) {
     if buf.capacity() <= 4 * DEFAULT_CAPACITY {
         buf.clear();
-        slot.with(|s| s.set(buf));
+        slot.set(buf);
     }
 }
 
@@ -366,8 +369,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
-        let buf = OUT_BUF.with(Cell::take);
-        let enc = match handle::encode_into(&value, buf) {
+        OUT_BUF.with(|slot| self.put_buffered(value, wait, slot))
+    }
+
+    fn put_buffered(&self, value: T, wait: Wait, slot: &Cell<Vec<u8>>) -> Result<(), PutError<T>> {
+        let enc = match handle::encode_into(&value, slot.take()) {
             Ok(enc) => enc,
             Err(e) => return Err(PutError::Encode(value, e.0)),
         };
@@ -398,22 +404,34 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             };
             ring.put(&enc.bytes, Some(&mut send), wait)
         };
-        keep(&OUT_BUF, enc.bytes);
+        keep(slot, enc.bytes);
         result.map_err(|f| PutError::from_fail(f, value))
     }
 
     fn get_with(&self, wait: Wait) -> Result<T, GetError> {
-        let mut buf = IN_BUF.with(Cell::take);
-        let mut fds = Vec::new();
-        let rx = self.shared.rx.as_fd();
-        let mut recv = |seq: u64, fds: &mut Vec<OwnedFd>| recv_fds(rx, seq, fds);
-        let taken = self.shared.ring.get(&mut buf, &mut fds, &mut recv, wait);
-        let result = match taken {
-            Ok(()) => handle::decode(&buf, fds).map_err(|e| GetError::Decode(e.0)),
-            Err(f) => Err(GetError::from_fail(f)),
-        };
-        keep(&IN_BUF, buf);
-        result
+        IN_BUF.with(|slot| {
+            // Small messages are copied to the stack under the consumer lock and decoded after
+            // it: user `Deserialize` code never runs under the queue's lock.
+            let mut small = [0u8; SMALL_MESSAGE];
+            let mut buf = slot.take();
+            let mut fds = Vec::new();
+            let rx = self.shared.rx.as_fd();
+            let mut recv = |seq: u64, fds: &mut Vec<OwnedFd>| recv_fds(rx, seq, fds);
+            let taken = self
+                .shared
+                .ring
+                .get(&mut buf, &mut fds, &mut recv, &mut small, wait);
+            let result = match taken {
+                Ok(Got::Small(n)) => handle::decode(&small[..n], Vec::new()),
+                Ok(Got::Copied) => handle::decode(&buf, fds),
+                Err(f) => {
+                    keep(slot, buf);
+                    return Err(GetError::from_fail(f));
+                }
+            };
+            keep(slot, buf);
+            result.map_err(|e| GetError::Decode(e.0))
+        })
     }
 
     /// Puts `value`, waiting while the queue is full.
