@@ -544,10 +544,9 @@ impl Ring {
 
     /// Publishes a new tail and wakes waiting consumers; for a producer that keeps the lock.
     fn publish(&self, tail: u32, puts: u32) {
-        let h = self.hdr();
-        h.tail_puts.0.store(pack(tail, puts), Ordering::Release);
+        self.publish_quiet(tail, puts);
         fence(Ordering::SeqCst);
-        notify(&h.not_empty.word);
+        notify(&self.hdr().not_empty.word);
     }
 
     /// Publishes a new tail without waking anyone: the release of the lock that follows does
@@ -798,10 +797,9 @@ impl Ring {
 
     /// Moves the head and wakes waiting producers; for a consumer that keeps the lock.
     fn advance(&self, head: u32, gets: u32) {
-        let h = self.hdr();
-        h.head_gets.0.store(pack(head, gets), Ordering::Release);
+        self.advance_quiet(head, gets);
         fence(Ordering::SeqCst);
-        notify(&h.not_full.word);
+        notify(&self.hdr().not_full.word);
     }
 
     /// Moves the head without waking anyone: the release of the lock that follows does.
