@@ -30,10 +30,107 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 thread_local! {
-    static OUTGOING: RefCell<Vec<Vec<RawFd>>> = const { RefCell::new(Vec::new()) };
-    static INCOMING: RefCell<Vec<Vec<Option<OwnedFd>>>> = const { RefCell::new(Vec::new()) };
-    /// How many of the bottom frames of `OUTGOING` and `INCOMING` are hidden (see `hidden`).
+    /// How many encodings (`.0`) and decodings (`.1`) are running on this thread, nested ones
+    /// included: a value without handles costs its encoding or decoding no more than this.
+    static DEPTH: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// Encodings and decodings at or below these depths are hidden (see [`hide`]).
     static HIDDEN: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The depth of the top frame of `OUTGOING` and of `INCOMING` (0: no frame), so that a
+    /// scope without a frame does not touch them.
+    static TOP: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+    /// The descriptors of the running encodings that met a handle, tagged with their depth;
+    /// a frame is created when the first handle is serialized.
+    static OUTGOING: RefCell<Vec<(usize, Vec<RawFd>)>> = const { RefCell::new(Vec::new()) };
+    /// The descriptors of the running decodings that received any, tagged with their depth.
+    static INCOMING: RefCell<Vec<(usize, Vec<Option<OwnedFd>>)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// One running encoding (`OUT`) or decoding (`!OUT`): entered on creation, left when dropped,
+/// also when a panic unwinds through it (its descriptor frame, if any, goes with it).
+struct Scope<const OUT: bool> {
+    depth: usize,
+}
+
+impl<const OUT: bool> Scope<OUT> {
+    #[inline]
+    fn enter() -> Self {
+        let depth = pick::<OUT>(DEPTH.get()) + 1;
+        DEPTH.set(with::<OUT>(DEPTH.get(), depth));
+        Scope { depth }
+    }
+
+    /// Whether a handle met in this scope made it a descriptor frame.
+    #[inline]
+    fn has_frame(&self) -> bool {
+        pick::<OUT>(TOP.get()) >= self.depth
+    }
+}
+
+impl<const OUT: bool> Drop for Scope<OUT> {
+    #[inline]
+    fn drop(&mut self) {
+        DEPTH.set(with::<OUT>(DEPTH.get(), self.depth - 1));
+        if self.has_frame() {
+            if OUT {
+                let _ = OUTGOING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), self.depth));
+            } else {
+                let _ = INCOMING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), self.depth));
+            }
+        }
+    }
+}
+
+/// The outgoing (`OUT`) or incoming half of a pair.
+#[inline]
+fn pick<const OUT: bool>(pair: (usize, usize)) -> usize {
+    if OUT {
+        pair.0
+    } else {
+        pair.1
+    }
+}
+
+/// `pair` with its outgoing (`OUT`) or incoming half replaced by `v`.
+#[inline]
+fn with<const OUT: bool>(pair: (usize, usize), v: usize) -> (usize, usize) {
+    if OUT {
+        (v, pair.1)
+    } else {
+        (pair.0, v)
+    }
+}
+
+/// Takes the frames at `depth` or deeper off `stack` (outgoing or incoming) and returns the
+/// one at `depth`.
+fn pop_frame<const OUT: bool, T>(stack: &mut Vec<(usize, Vec<T>)>, depth: usize) -> Vec<T> {
+    let mut frame = Vec::new();
+    while stack.last().is_some_and(|(d, _)| *d >= depth) {
+        if let Some((d, fds)) = stack.pop() {
+            if d == depth {
+                frame = fds;
+            }
+        }
+    }
+    let top = stack.last().map_or(0, |(d, _)| *d);
+    TOP.set(with::<OUT>(TOP.get(), top));
+    frame
+}
+
+/// Pushes a frame at `depth` on `stack` (outgoing or incoming).
+fn push_frame<const OUT: bool, T>(stack: &mut Vec<(usize, Vec<T>)>, depth: usize, frame: Vec<T>) {
+    stack.push((depth, frame));
+    TOP.set(with::<OUT>(TOP.get(), depth));
+}
+
+/// The current depth of encodings (`out`) or decodings, when it is visible (not hidden).
+fn visible_depth(out: bool) -> Option<usize> {
+    let (depth, hidden) = if out {
+        (DEPTH.get().0, HIDDEN.get().0)
+    } else {
+        (DEPTH.get().1, HIDDEN.get().1)
+    };
+    (depth > hidden).then_some(depth)
 }
 
 /// A value turned into bytes plus the descriptors that must travel beside them.
@@ -97,15 +194,24 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<Encoded, EncodeError> {
-    // `try_with`: during thread or process teardown the thread-locals may be gone; values
-    // without handles still encode then.
-    let _ = OUTGOING.try_with(|s| s.borrow_mut().push(Vec::new()));
-    let result = postcard::to_extend(value, out);
-    let fds = OUTGOING
-        .try_with(|s| s.borrow_mut().pop().unwrap_or_default())
-        .unwrap_or_default();
+    let (result, fds) = collecting(|| postcard::to_extend(value, out));
     match result {
         Ok(bytes) => Ok(Encoded { bytes, fds }),
+        Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
+    }
+}
+
+/// Encodes `value` into a postcard `output` (a custom flavor), which it returns with the
+/// descriptors to send.
+#[inline]
+pub(crate) fn encode_to<T: Serialize + ?Sized, F: postcard::ser_flavors::Flavor>(
+    value: &T,
+    output: F,
+) -> Result<(F, Vec<RawFd>), EncodeError> {
+    let mut ser = postcard::Serializer { output };
+    let (result, fds) = collecting(|| value.serialize(&mut ser));
+    match result {
+        Ok(()) => Ok((ser.output, fds)),
         Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
     }
 }
@@ -121,10 +227,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, DecodeError> {
-    let _ = INCOMING.try_with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
-    let result = postcard::take_from_bytes::<T>(bytes);
-    let _ = INCOMING.try_with(|s| s.borrow_mut().pop());
-    match result {
+    match receiving(fds, || postcard::take_from_bytes::<T>(bytes)) {
         Ok((value, [])) => Ok(value),
         Ok((_, rest)) => Err(DecodeError(format!(
             "the message does not match the type `{}`: {} bytes were left over",
@@ -141,54 +244,52 @@ pub(crate) fn decode<T: DeserializeOwned>(
 /// Runs `f` (an encoding with any serde format) while collecting the descriptors of the
 /// handles it serializes; returns its result and those descriptors, borrowed from the value
 /// being encoded.
+#[inline]
 pub(crate) fn collecting<R>(f: impl FnOnce() -> R) -> (R, Vec<RawFd>) {
-    let _ = OUTGOING.try_with(|s| s.borrow_mut().push(Vec::new()));
+    let scope = Scope::<true>::enter();
     let r = f();
-    let fds = OUTGOING
-        .try_with(|s| s.borrow_mut().pop().unwrap_or_default())
-        .unwrap_or_default();
+    let fds = if scope.has_frame() {
+        OUTGOING
+            .try_with(|s| pop_frame::<true, _>(&mut s.borrow_mut(), scope.depth))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     (r, fds)
 }
 
 /// Runs `f` (a decoding with any serde format) with `fds` available to the handles it
 /// deserializes; descriptors that no handle claims are closed.
+#[inline]
 pub(crate) fn receiving<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> R {
-    let _ = INCOMING.try_with(|s| s.borrow_mut().push(fds.into_iter().map(Some).collect()));
-    let r = f();
-    let _ = INCOMING.try_with(|s| s.borrow_mut().pop());
-    r
+    let scope = Scope::<false>::enter();
+    if !fds.is_empty() {
+        let frame = fds.into_iter().map(Some).collect();
+        let _ =
+            INCOMING.try_with(|s| push_frame::<false, _>(&mut s.borrow_mut(), scope.depth, frame));
+    }
+    f()
 }
 
-/// Hides the descriptor frames below `depths` (from [`depths`]) until [`unhide`]: handles
-/// serialized or deserialized outside an encoding or decoding of their own then fail as if no
-/// frame were open, instead of landing in (or taking from) the hidden frames' message. A pool
-/// worker runs each task so, between the decoding of its argument and the encoding of its
-/// value. Returns what to pass to `unhide`. (Two thread-local stores: per-task scopes cost
-/// about 18 ns a task.)
+/// Hides the encodings and decodings running at `depths` (from [`depths`]) and below until
+/// [`unhide`]: handles serialized or deserialized outside an encoding or decoding of their own
+/// then fail as if none were running, instead of landing in (or taking from) the hidden ones'
+/// message. A pool worker runs each task so, between the decoding of its argument and the
+/// encoding of its value. Returns what to pass to `unhide`.
 #[inline]
 pub(crate) fn hide(depths: (usize, usize)) -> (usize, usize) {
-    HIDDEN.try_with(|h| h.replace(depths)).unwrap_or_default()
+    HIDDEN.replace(depths)
 }
 
 /// Undoes [`hide`].
 #[inline]
 pub(crate) fn unhide(previous: (usize, usize)) {
-    let _ = HIDDEN.try_with(|h| h.set(previous));
+    HIDDEN.set(previous);
 }
 
-/// The depths of this thread's outgoing and incoming descriptor stacks.
+/// The depths of this thread's running encodings and decodings.
 pub(crate) fn depths() -> (usize, usize) {
-    (
-        OUTGOING.try_with(|s| s.borrow().len()).unwrap_or(0),
-        INCOMING.try_with(|s| s.borrow().len()).unwrap_or(0),
-    )
-}
-
-/// Drops the frames pushed on the descriptor stacks since `depths` was taken: those a panic
-/// left behind when it unwound through an encoding or decoding.
-pub(crate) fn restore_depths((out, inc): (usize, usize)) {
-    let _ = OUTGOING.try_with(|s| s.borrow_mut().truncate(out));
-    let _ = INCOMING.try_with(|s| s.borrow_mut().truncate(inc));
+    DEPTH.get()
 }
 
 /// The descriptors owned by the crate's handles in this process.
@@ -258,27 +359,25 @@ pub mod fd {
     /// Fails outside this crate's decoding, or when the message did not carry that descriptor.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
         let index = u32::deserialize(deserializer)? as usize;
+        let Some(depth) = visible_depth(false) else {
+            return Err(serde::de::Error::custom(
+                "a handle can only be deserialized by multiprocess (it arrives with a message)",
+            ));
+        };
         let taken = INCOMING.try_with(|s| {
             let mut stack = s.borrow_mut();
-            let hidden = HIDDEN.try_with(|h| h.get().1).unwrap_or(0);
-            let visible = stack.len() > hidden;
-            let Some(fds) = stack.last_mut().filter(|_| visible) else {
-                return Err(serde::de::Error::custom(
-                    "a handle can only be deserialized by multiprocess (it arrives with a message)",
-                ));
-            };
-            match fds.get_mut(index).and_then(Option::take) {
-                Some(fd) => Ok(fd),
-                None => Err(serde::de::Error::custom(format!(
-                    "the message did not carry the descriptor of handle #{index}"
-                ))),
-            }
+            let frame = stack.last_mut().filter(|(d, _)| *d == depth);
+            frame.and_then(|(_, fds)| fds.get_mut(index).and_then(Option::take))
         });
-        taken.unwrap_or_else(|_| {
-            Err(serde::de::Error::custom(
+        match taken {
+            Ok(Some(fd)) => Ok(fd),
+            Ok(None) => Err(serde::de::Error::custom(format!(
+                "the message did not carry the descriptor of handle #{index}"
+            ))),
+            Err(_) => Err(serde::de::Error::custom(
                 "handles cannot be received during thread teardown",
-            ))
-        })
+            )),
+        }
     }
 }
 
@@ -287,18 +386,20 @@ pub(crate) fn serialize_borrowed<S: Serializer>(
     fd: BorrowedFd<'_>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = OUTGOING
-        .try_with(|s| {
-            let mut stack = s.borrow_mut();
-            let hidden = HIDDEN.try_with(|h| h.get().0).unwrap_or(0);
-            let visible = stack.len() > hidden;
-            stack.last_mut().filter(|_| visible).map(|fds| {
+    let index = visible_depth(true).and_then(|depth| {
+        OUTGOING
+            .try_with(|s| {
+                let mut stack = s.borrow_mut();
+                if stack.last().is_none_or(|(d, _)| *d != depth) {
+                    push_frame::<true, _>(&mut stack, depth, Vec::new());
+                }
+                let (_, fds) = stack.last_mut()?;
                 fds.push(fd.as_raw_fd());
-                fds.len() - 1
+                Some(fds.len() - 1)
             })
-        })
-        .ok()
-        .flatten();
+            .ok()
+            .flatten()
+    });
     match index {
         Some(i) => serializer.serialize_u32(i as u32),
         None => Err(serde::ser::Error::custom(
@@ -374,6 +475,62 @@ mod tests {
         let dup = shared.as_fd().try_clone_to_owned().unwrap();
         let back: SharedFd = decode(&enc.bytes, vec![dup]).unwrap();
         assert_ne!(back.as_fd().as_raw_fd(), shared.as_fd().as_raw_fd());
+    }
+
+    /// A value whose serialization serializes a handle, then panics.
+    struct PanicsAfterHandle(SharedFd);
+
+    impl Serialize for PanicsAfterHandle {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let _ = self.0.serialize(s);
+            panic!("serialization panics after a handle");
+        }
+    }
+
+    fn dev_null() -> SharedFd {
+        SharedFd::from(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()))
+    }
+
+    #[test]
+    fn a_panic_inside_an_encoding_leaves_no_scope_behind() {
+        let before = depths();
+        let v = PanicsAfterHandle(dev_null());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| encode(&v)));
+        assert!(r.is_err());
+        assert_eq!(depths(), before);
+        assert_eq!(TOP.get(), (0, 0), "the panicking encoding's frame is gone");
+        // The next encoding starts clean: its descriptor is its first.
+        let shared = dev_null();
+        let enc = encode(&shared).unwrap();
+        assert_eq!(enc.fds, vec![shared.as_fd().as_raw_fd()]);
+        // And outside any encoding a handle still does not serialize.
+        assert!(postcard::to_allocvec(&shared).is_err());
+    }
+
+    #[test]
+    fn nested_encodings_keep_their_own_descriptors() {
+        struct Nested(SharedFd, SharedFd);
+        impl Serialize for Nested {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                // An inner encoding (a send inside a Serialize) between two handles.
+                let inner = encode(&self.1).map_err(serde::ser::Error::custom)?;
+                assert_eq!(inner.fds, vec![self.1.as_fd().as_raw_fd()]);
+                (&self.0, inner.bytes).serialize(s)
+            }
+        }
+        let v = Nested(dev_null(), dev_null());
+        let enc = encode(&v).unwrap();
+        assert_eq!(enc.fds, vec![v.0.as_fd().as_raw_fd()]);
+        assert_eq!(TOP.get(), (0, 0));
+    }
+
+    #[test]
+    fn a_message_without_descriptors_cannot_claim_one() {
+        let enc = encode(&dev_null()).unwrap();
+        // (postcard keeps no custom message: the error says the value did not decode.)
+        assert!(decode::<SharedFd>(&enc.bytes, Vec::new()).is_err());
+        assert_eq!(depths(), (0, 0));
+        assert_eq!(TOP.get(), (0, 0));
     }
 
     #[test]

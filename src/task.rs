@@ -400,9 +400,6 @@ where
                     }
                 }
                 Err(payload) => {
-                    // A panic that unwound through a nested encoding or decoding (a `send`
-                    // inside the task) may have left its frame on the handle stacks.
-                    handle::restore_depths(depths);
                     panics.push((k as u64, panic_message(&*payload)));
                 }
             }

@@ -9,8 +9,10 @@ use multiprocess::{Process, Queue};
 /// (producer id, sequence number, payload)
 type Msg = (u32, u32, Vec<u8>);
 
-fn producer((q, id, count, size): (Queue<Msg>, u32, u32, usize)) {
+/// Puts `count` messages whose payload sizes cycle through `sizes` (inclusive).
+fn producer((q, id, count, sizes): (Queue<Msg>, u32, u32, (usize, usize))) {
     for i in 0..count {
+        let size = sizes.0 + i as usize % (sizes.1 - sizes.0 + 1);
         let payload = vec![(id as u8).wrapping_add(i as u8); size];
         q.put((id, i, payload)).unwrap();
     }
@@ -32,6 +34,17 @@ fn consumer(q: Queue<Msg>) -> Vec<(u32, u32)> {
 }
 
 fn run(method: StartMethod, producers: u32, consumers: u32, count: u32, size: usize, ring: usize) {
+    run_sizes(method, producers, consumers, count, (size, size), ring)
+}
+
+fn run_sizes(
+    method: StartMethod,
+    producers: u32,
+    consumers: u32,
+    count: u32,
+    sizes: (usize, usize),
+    ring: usize,
+) {
     let q: Queue<Msg> = Queue::with_capacity(0, ring).unwrap();
     let mut cons = Vec::new();
     for _ in 0..consumers {
@@ -47,7 +60,7 @@ fn run(method: StartMethod, producers: u32, consumers: u32, count: u32, size: us
         prods.push(
             Process::builder()
                 .start_method(method)
-                .start(producer, (q.clone(), id, count, size))
+                .start(producer, (q.clone(), id, count, sizes))
                 .unwrap(),
         );
     }
@@ -103,6 +116,17 @@ fn one_producer_one_consumer_keeps_order() {
 }
 
 #[test]
+fn messages_around_the_small_message_size() {
+    // Messages of about 230 to 290 bytes (the small-message path takes up to 256) through a
+    // 4 KiB ring, so that both kinds wrap around its end at every offset.
+    deadline(120, || {
+        for m in METHODS {
+            run_sizes(m, 2, 2, 1500, (220, 280), 4096);
+        }
+    });
+}
+
+#[test]
 fn messages_near_and_above_the_ring_size() {
     deadline(180, || {
         for m in METHODS {
@@ -123,7 +147,7 @@ fn qsize_is_exact_once_quiet() {
                 .map(|id| {
                     Process::builder()
                         .start_method(m)
-                        .start(producer, (q.clone(), id, 200, 16))
+                        .start(producer, (q.clone(), id, 200, (16, 16)))
                         .unwrap()
                 })
                 .collect();

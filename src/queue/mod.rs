@@ -25,6 +25,7 @@
 //! [`Connection`]: crate::Connection
 
 mod ring;
+mod small;
 
 use std::cell::Cell;
 use std::fmt;
@@ -41,9 +42,7 @@ use crate::handle::{self, TrackedFd};
 use crate::region::Region;
 use crate::sys::ipc;
 use ring::{Fail, Got, Ring, Wait};
-
-/// Messages up to this size are taken through a buffer on the stack (see `get_with`).
-const SMALL_MESSAGE: usize = 256;
+use small::Small;
 
 /// The default size of a queue's ring: 1 MiB.
 pub const DEFAULT_CAPACITY: usize = 1 << 20;
@@ -58,6 +57,50 @@ fn keep(slot: &Cell<Vec<u8>>, mut buf: Vec<u8>) {
     if buf.capacity() <= 4 * DEFAULT_CAPACITY {
         buf.clear();
         slot.set(buf);
+    }
+}
+
+/// Serialization target of a put: a [`Small`] on the stack, spilling into the thread's
+/// reusable heap buffer when the message outgrows it.
+struct Spill<'a> {
+    small: &'a mut Small,
+    big: Option<Vec<u8>>,
+}
+
+impl Spill<'_> {
+    #[cold]
+    fn spill(&mut self) -> &mut Vec<u8> {
+        let mut big = OUT_BUF.with(|s| s.take());
+        big.extend_from_slice(self.small.as_bytes());
+        self.big.insert(big)
+    }
+}
+
+impl postcard::ser_flavors::Flavor for Spill<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        if let Some(big) = &mut self.big {
+            big.push(b);
+        } else if !self.small.push(b) {
+            self.spill().push(b);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if let Some(big) = &mut self.big {
+            big.extend_from_slice(data);
+        } else if !self.small.extend(data) {
+            self.spill().extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -369,14 +412,44 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_with(&self, value: T, wait: Wait) -> Result<(), PutError<T>> {
-        OUT_BUF.with(|slot| self.put_buffered(value, wait, slot))
-    }
-
-    fn put_buffered(&self, value: T, wait: Wait, slot: &Cell<Vec<u8>>) -> Result<(), PutError<T>> {
-        let enc = match handle::encode_into(&value, slot.take()) {
-            Ok(enc) => enc,
+        // Serialized on the stack; spilled into the thread's heap buffer when larger.
+        let mut small = Small::new();
+        let spill = Spill {
+            small: &mut small,
+            big: None,
+        };
+        let (big, fds) = match handle::encode_to(&value, spill) {
+            Ok((spill, fds)) => (spill.big, fds),
             Err(e) => return Err(PutError::Encode(value, e.0)),
         };
+        match big {
+            None if fds.is_empty() => self
+                .shared
+                .ring
+                .put_small(&small, wait)
+                .map_err(|f| PutError::from_fail(f, value)),
+            None => {
+                let enc = handle::Encoded {
+                    bytes: small.as_bytes().to_vec(),
+                    fds,
+                };
+                self.put_encoded(enc, value, wait, None)
+            }
+            Some(bytes) => OUT_BUF.with(|slot| {
+                self.put_encoded(handle::Encoded { bytes, fds }, value, wait, Some(slot))
+            }),
+        }
+    }
+
+    /// Puts an encoded message (with descriptors, or larger than [`Small`]); its buffer goes
+    /// back to `slot` (the thread's reusable one) afterwards.
+    fn put_encoded(
+        &self,
+        enc: handle::Encoded,
+        value: T,
+        wait: Wait,
+        slot: Option<&Cell<Vec<u8>>>,
+    ) -> Result<(), PutError<T>> {
         let ring = &self.shared.ring;
         let result = if enc.fds.is_empty() {
             ring.put(&enc.bytes, None, wait)
@@ -404,15 +477,24 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             };
             ring.put(&enc.bytes, Some(&mut send), wait)
         };
-        keep(slot, enc.bytes);
+        if let Some(slot) = slot {
+            keep(slot, enc.bytes);
+        }
         result.map_err(|f| PutError::from_fail(f, value))
     }
 
     fn get_with(&self, wait: Wait) -> Result<T, GetError> {
+        // Small messages are copied to the stack under the consumer lock and decoded after
+        // it: user `Deserialize` code never runs under the queue's lock.
+        let mut small = Small::new();
+        if self
+            .shared
+            .ring
+            .get_small(&mut small, !matches!(wait, Wait::Now))
+        {
+            return handle::decode(small.as_bytes(), Vec::new()).map_err(|e| GetError::Decode(e.0));
+        }
         IN_BUF.with(|slot| {
-            // Small messages are copied to the stack under the consumer lock and decoded after
-            // it: user `Deserialize` code never runs under the queue's lock.
-            let mut small = [0u8; SMALL_MESSAGE];
             let mut buf = slot.take();
             let mut fds = Vec::new();
             let rx = self.shared.rx.as_fd();
@@ -422,7 +504,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 .ring
                 .get(&mut buf, &mut fds, &mut recv, &mut small, wait);
             let result = match taken {
-                Ok(Got::Small(n)) => handle::decode(&small[..n], Vec::new()),
+                Ok(Got::Small) => handle::decode(small.as_bytes(), Vec::new()),
                 Ok(Got::Copied) => handle::decode(&buf, fds),
                 Err(f) => {
                     keep(slot, buf);

@@ -28,11 +28,17 @@ extern "C" fn forget_pid_in_child() {
 /// The calling process's pid, without a syscall after the first call (`getpid` is a real
 /// syscall in current glibc). A `pthread_atfork` child handler clears the cache, so a forked
 /// child (by this crate or anyone else) asks the kernel again.
+#[inline]
 pub(crate) fn cached_pid() -> u32 {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
         return pid;
     }
+    fetch_pid()
+}
+
+#[cold]
+fn fetch_pid() -> u32 {
     register_at_fork();
     let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
     PID.store(pid, Ordering::Relaxed);
