@@ -72,12 +72,18 @@ impl<const OUT: bool> Drop for Scope<OUT> {
     fn drop(&mut self) {
         DEPTH.set(with::<OUT>(DEPTH.get(), self.depth - 1));
         if self.has_frame() {
-            if OUT {
-                let _ = OUTGOING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), self.depth));
-            } else {
-                let _ = INCOMING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), self.depth));
-            }
+            drop_frames::<OUT>(self.depth);
         }
+    }
+}
+
+/// Drops the descriptor frames at `depth` or deeper (those of a scope that ends).
+#[cold]
+fn drop_frames<const OUT: bool>(depth: usize) {
+    if OUT {
+        let _ = OUTGOING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), depth));
+    } else {
+        let _ = INCOMING.try_with(|s| pop_frame::<OUT, _>(&mut s.borrow_mut(), depth));
     }
 }
 

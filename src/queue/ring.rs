@@ -195,12 +195,19 @@ struct Waiters {
 
 /// Wakes the sleepers of `word`, if any: clears bit 0 and bumps the epoch in one step, so a
 /// waiter that registered before this and has not slept yet finds the word changed.
+#[inline]
 fn notify(word: &AtomicU32) {
     let v = word.load(Ordering::SeqCst);
-    if v & 1 != 0
-        && word
-            .compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
+    if v & 1 != 0 {
+        wake_all(word, v);
+    }
+}
+
+#[cold]
+fn wake_all(word: &AtomicU32, v: u32) {
+    if word
+        .compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+        .is_ok()
     {
         futex_wake(word, i32::MAX as u32);
     }
@@ -335,6 +342,7 @@ struct Held<'a> {
 }
 
 impl Drop for Held<'_> {
+    #[inline]
     fn drop(&mut self) {
         release(self.lock, self.wake);
     }
@@ -348,6 +356,7 @@ impl Drop for Held<'_> {
 /// (`SeqCst` RMW) and then re-reads the lock or the position (`SeqCst`), so either it sees the
 /// release or the fence's load sees its registration. A put or get thus costs two full
 /// barriers (the lock's compare-and-swap and this fence) instead of three.
+#[inline]
 fn release(lock: LockRef, wake: &AtomicU32) {
     lock.word.store(0, Ordering::Release);
     fence(Ordering::SeqCst);

@@ -14,16 +14,18 @@ const WORDS: usize = SMALL / 8;
 
 /// Up to [`SMALL`] bytes, of which the first `len` are initialized; 8-aligned.
 pub(crate) struct Small {
-    words: MaybeUninit<[u64; WORDS]>,
+    // `len` comes first: with it after the words, LLVM merged its zeroing with the
+    // uninitialized words into one `memset` of the whole buffer (seen in `get`).
     len: usize,
+    words: MaybeUninit<[u64; WORDS]>,
 }
 
 impl Small {
     #[inline]
     pub(crate) fn new() -> Small {
         Small {
-            words: MaybeUninit::uninit(),
             len: 0,
+            words: MaybeUninit::uninit(),
         }
     }
 
