@@ -170,11 +170,20 @@ pub(crate) struct ChildShared {
     status: Connection,
     exit: Option<Connection>,
     st: Mutex<ChildState>,
+    /// Held by whoever reads the status channel or reaps the child: a thread that took a
+    /// message off the channel stores it before any other thread can see end of file there
+    /// and conclude that the child sent nothing (`Process::start`'s clean-up polls every
+    /// child, from any thread, while the owner may be joining it).
+    pumping: Mutex<()>,
 }
 
 impl ChildShared {
     fn state(&self) -> MutexGuard<'_, ChildState> {
         self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_pumping(&self) -> MutexGuard<'_, ()> {
+        self.pumping.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn ended(&self) -> bool {
@@ -249,15 +258,22 @@ impl ChildShared {
                 socket::poll_readable(&[sentinel.as_fd()], None)?;
             }
         }
-        let mut st = self.state();
-        if st.exit.is_none() {
-            st.exit = Some(self.collect_exit());
+        let _pumping = self.lock_pumping();
+        if !self.ended() {
+            let exit = self.collect_exit();
+            self.state().exit = Some(exit);
         }
         Ok(())
     }
 
     /// Reads one complete status message if there is one.
     fn pump_status(&self) {
+        let _pumping = self.lock_pumping();
+        self.pump_status_locked();
+    }
+
+    /// [`pump_status`](Self::pump_status), for a caller that holds `pumping`.
+    fn pump_status_locked(&self) {
         match self.status.recv_raw_timeout(Duration::ZERO) {
             Ok((bytes, fds)) => {
                 let outcome = match handle::decode::<Status>(&bytes, Vec::new()) {
@@ -276,21 +292,20 @@ impl ChildShared {
         }
     }
 
-    /// The child has ended: collect its exit status and whatever it reported last.
+    /// The child has ended: collect its exit status and whatever it reported last. The exit
+    /// status is published last, so a thread that finds the child ended finds its report too.
     fn reap(&self) {
-        {
-            let mut st = self.state();
-            if st.exit.is_some() {
-                return;
-            }
-            st.exit = Some(self.collect_exit());
+        let _pumping = self.lock_pumping();
+        if self.ended() {
+            return;
         }
+        let exit = self.collect_exit();
         // Everything the child wrote before exiting is in the socket buffer now.
         while !self.state().status_closed {
             match self.status.poll(Duration::ZERO) {
                 Ok(true) => {
                     let before = self.state().outcome.is_some();
-                    self.pump_status();
+                    self.pump_status_locked();
                     let st = self.state();
                     if !st.status_closed && st.outcome.is_some() == before {
                         break;
@@ -299,6 +314,7 @@ impl ChildShared {
                 _ => break,
             }
         }
+        self.state().exit = Some(exit);
     }
 
     fn collect_exit(&self) -> Result<i32, String> {
@@ -594,6 +610,7 @@ impl<R: DeserializeOwned> Process<R> {
             status: launched.status,
             exit: launched.exit,
             st: Mutex::new(ChildState::default()),
+            pumping: Mutex::new(()),
         });
         register(&child);
         self.child = Some(child);
