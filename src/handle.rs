@@ -129,14 +129,10 @@ fn push_frame<const OUT: bool, T>(stack: &mut Vec<(usize, Vec<T>)>, depth: usize
     TOP.set(with::<OUT>(TOP.get(), depth));
 }
 
-/// The current depth of encodings (`out`) or decodings, when it is visible (not hidden).
-fn visible_depth(out: bool) -> Option<usize> {
-    let (depth, hidden) = if out {
-        (DEPTH.get().0, HIDDEN.get().0)
-    } else {
-        (DEPTH.get().1, HIDDEN.get().1)
-    };
-    (depth > hidden).then_some(depth)
+/// The current depth of encodings (`OUT`) or decodings, when it is visible (not hidden).
+fn visible_depth<const OUT: bool>() -> Option<usize> {
+    let depth = pick::<OUT>(DEPTH.get());
+    (depth > pick::<OUT>(HIDDEN.get())).then_some(depth)
 }
 
 /// A value turned into bytes plus the descriptors that must travel beside them.
@@ -365,7 +361,7 @@ pub mod fd {
     /// Fails outside this crate's decoding, or when the message did not carry that descriptor.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<OwnedFd, D::Error> {
         let index = u32::deserialize(deserializer)? as usize;
-        let Some(depth) = visible_depth(false) else {
+        let Some(depth) = visible_depth::<false>() else {
             return Err(serde::de::Error::custom(
                 "a handle can only be deserialized by multiprocess (it arrives with a message)",
             ));
@@ -392,7 +388,7 @@ pub(crate) fn serialize_borrowed<S: Serializer>(
     fd: BorrowedFd<'_>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    let index = visible_depth(true).and_then(|depth| {
+    let index = visible_depth::<true>().and_then(|depth| {
         OUTGOING
             .try_with(|s| {
                 let mut stack = s.borrow_mut();

@@ -213,6 +213,20 @@ fn wake_all(word: &AtomicU32, v: u32) {
     }
 }
 
+/// Spins `looks` times [`POLL_PAUSES`] pauses, looking whether `done` after each (the caller
+/// has just looked: it pauses before the first look); `true` as soon as it is.
+fn spin_looks(looks: u32, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..looks {
+        for _ in 0..POLL_PAUSES {
+            std::hint::spin_loop();
+        }
+        if done() {
+            return true;
+        }
+    }
+    false
+}
+
 /// Registers on `word`, re-checks `changed`, and sleeps at most `slice` unless it changed.
 fn sleep(word: &AtomicU32, changed: impl Fn() -> bool, slice: Duration) -> Result<(), Fail> {
     let key = word.fetch_or(1, Ordering::SeqCst) | 1;
@@ -650,9 +664,15 @@ impl Ring {
         if free(h.prod.cached_head_gets.load(Ordering::Relaxed)).is_some_and(|f| f >= need) {
             return true;
         }
+        free(self.fresh_head()).is_some_and(|f| f >= need)
+    }
+
+    /// The consumers' position, read now (acquire) and cached for the producers.
+    fn fresh_head(&self) -> u64 {
+        let h = self.hdr();
         let hg = h.head_gets.0.load(Ordering::Acquire);
         h.prod.cached_head_gets.store(hg, Ordering::Relaxed);
-        free(hg).is_some_and(|f| f >= need)
+        hg
     }
 
     /// Whether one more message is within `maxsize`, by the cached head or a fresh look.
@@ -666,9 +686,7 @@ impl Ring {
         if room(h.prod.cached_head_gets.load(Ordering::Relaxed)) {
             return true;
         }
-        let hg = h.head_gets.0.load(Ordering::Acquire);
-        h.prod.cached_head_gets.store(hg, Ordering::Relaxed);
-        room(hg)
+        room(self.fresh_head())
     }
 
     /// Publishes a new tail and wakes waiting consumers; for a producer that keeps the lock.
@@ -723,18 +741,10 @@ impl Ring {
             // of u64: every 32 pauses instead of every pause raised it by about a third; a
             // pause is ~35 ns here, so a message that comes during the spin is seen within
             // about a microsecond).
-            // The caller has just looked: pause before the first look.
-            for _ in 0..SPIN / POLL_PAUSES {
-                for _ in 0..POLL_PAUSES {
-                    std::hint::spin_loop();
-                }
-                if enough(position.load(Ordering::SeqCst))
-                    || h.meta.closed.load(Ordering::SeqCst) != 0
-                {
-                    return Ok(());
-                }
-            }
-            if changed() {
+            let done = || {
+                enough(position.load(Ordering::SeqCst)) || h.meta.closed.load(Ordering::SeqCst) != 0
+            };
+            if spin_looks(SPIN / POLL_PAUSES, done) || changed() {
                 return Ok(());
             }
         }
@@ -939,14 +949,9 @@ impl Ring {
     /// holding the lock) a few looks for the producers to get that far ahead.
     fn let_producers_ahead(&self, head: u32) {
         let tail = &self.hdr().tail_puts.0;
-        for _ in 0..SLIP_LOOKS {
-            for _ in 0..POLL_PAUSES {
-                std::hint::spin_loop();
-            }
-            if split(tail.load(Ordering::Acquire)).0.wrapping_sub(head) >= self.slip() {
-                return;
-            }
-        }
+        spin_looks(SLIP_LOOKS, || {
+            split(tail.load(Ordering::Acquire)).0.wrapping_sub(head) >= self.slip()
+        });
     }
 
     fn count_dropped(&self) {
