@@ -25,6 +25,8 @@ mod w7_sync;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Argument that makes the binary exit immediately: the child of `raw/exec`.
 pub(crate) const RAW_EXEC_CHILD: &str = "--raw-exec-child";
@@ -226,6 +228,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    start_watchdog(args.config);
     let mut failures = 0;
     for workload in &args.workloads {
         failures += run_workload(workload, &args);
@@ -244,8 +247,11 @@ fn run_workload(workload: &Workload, args: &Args) -> usize {
     let mut failures = 0;
     for system in (workload.systems)(args.config) {
         eprint!("{} {} ...", workload.name, system.name);
-        let start = std::time::Instant::now();
-        match (system.run)() {
+        let start = Instant::now();
+        watch(Some((format!("{} {}", workload.name, system.name), start)));
+        let outcome = (system.run)();
+        watch(None);
+        match outcome {
             Ok(value) => {
                 eprintln!(" {:.1} s", start.elapsed().as_secs_f64());
                 rows.push(Row {
@@ -275,6 +281,39 @@ fn run_workload(workload: &Workload, args: &Args) -> usize {
         }
     }
     failures
+}
+
+/// The system being measured and when it started, for the watchdog.
+static RUNNING: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+
+fn watch(running: Option<(String, Instant)>) {
+    *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = running;
+}
+
+/// A hang must not pass for a slow run: a system that gives no result within the limit
+/// (2 minutes in a quick run, 20 in a full one, far above any system's time) is reported by
+/// name, our children are killed, and the harness exits with status 3.
+fn start_watchdog(config: Config) {
+    let limit = Duration::from_secs(if config.quick { 120 } else { 1200 });
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let stuck = RUNNING
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|(_, start)| start.elapsed() > limit)
+            .map(|(name, _)| name.clone());
+        if let Some(name) = stuck {
+            eprintln!(
+                " FAILED: {name} gave no result within {} s (a hang); stopping",
+                limit.as_secs()
+            );
+            for child in multiprocess::active_children() {
+                let _ = child.kill();
+            }
+            std::process::exit(3);
+        }
+    });
 }
 
 /// Six significant digits: enough for every ratio, whatever the magnitude (a pool map of a

@@ -136,6 +136,9 @@ pub struct Builder {
     method: Option<StartMethod>,
     maxtasks: Option<u64>,
     init: Option<Result<InitSpec, PoolError>>,
+    /// Tests only: see `supervisor::Config::pause_before_sleep`.
+    #[cfg(test)]
+    pause_before_sleep: std::time::Duration,
 }
 
 impl std::fmt::Debug for Builder {
@@ -215,6 +218,8 @@ impl Builder {
             method: self.method,
             maxtasks: self.maxtasks,
             init,
+            #[cfg(test)]
+            pause_before_sleep: self.pause_before_sleep,
         };
         let for_handler = Arc::clone(&shared);
         let handler = std::thread::Builder::new()
@@ -283,6 +288,8 @@ impl Pool {
             method: None,
             maxtasks: None,
             init: None,
+            #[cfg(test)]
+            pause_before_sleep: std::time::Duration::ZERO,
         }
     }
 

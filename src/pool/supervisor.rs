@@ -117,6 +117,10 @@ pub(crate) struct Config {
     pub(crate) method: Option<StartMethod>,
     pub(crate) maxtasks: Option<u64>,
     pub(crate) init: Option<InitSpec>,
+    /// Tests only: how long the result handler pauses between deciding that it has nothing
+    /// to do and going to sleep, to widen the window in which a `close` must not be lost.
+    #[cfg(test)]
+    pub(crate) pause_before_sleep: Duration,
 }
 
 /// State shared by the `Pool` handle and its result handler.
@@ -298,41 +302,64 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, wake_rx: Connection) {
     sup.main_loop();
 }
 
+/// What the result handler does next, decided from the shared state under its lock.
+enum Next {
+    /// Kill every worker and fail what is pending with this error (terminate, broken pool).
+    KillAll(PoolError),
+    /// Closed, and nothing is queued or running: retire the workers.
+    Retire,
+    /// Hand out queued work.
+    Dispatch,
+    /// Nothing to do: sleep until a report, a death or a wake-up.
+    Sleep,
+}
+
 impl Supervisor {
     fn main_loop(&mut self) {
         loop {
-            let (terminating, broken, closed_and_idle) = {
-                let st = self.shared.lock();
-                (
-                    st.terminating,
-                    st.broken.clone(),
-                    st.closed
-                        && st.queue.is_empty()
-                        && self.workers.iter().all(|w| w.inflight.is_empty()),
-                )
-            };
-            if terminating {
-                self.kill_all(PoolError::new(Kind::Terminated));
-                return;
-            }
-            if let Some(e) = broken {
-                self.kill_all(e);
-                return;
-            }
-            if closed_and_idle {
-                self.retire_all();
-                return;
+            let next = self.next(&self.shared.lock());
+            match next {
+                Next::KillAll(e) => {
+                    self.kill_all(e);
+                    return;
+                }
+                Next::Retire => {
+                    self.retire_all();
+                    return;
+                }
+                Next::Dispatch | Next::Sleep => {}
             }
             self.dispatch();
+            #[cfg(test)]
+            std::thread::sleep(self.config.pause_before_sleep);
             {
+                // Decided again under the lock that marks the handler asleep: a `close`, a
+                // `terminate` or a submission that came after the decision above found the
+                // handler awake and sent no wake-up, so it must be seen here.
                 let mut st = self.shared.lock();
-                if !st.queue.is_empty() && self.has_capacity(&st) {
+                if !matches!(self.next(&st), Next::Sleep) {
                     continue;
                 }
                 st.sleeping = true;
             }
             self.wait_and_read();
         }
+    }
+
+    fn next(&self, st: &State) -> Next {
+        if st.terminating {
+            return Next::KillAll(PoolError::new(Kind::Terminated));
+        }
+        if let Some(e) = &st.broken {
+            return Next::KillAll(e.clone());
+        }
+        if st.closed && st.queue.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty()) {
+            return Next::Retire;
+        }
+        if !st.queue.is_empty() && self.has_capacity(st) {
+            return Next::Dispatch;
+        }
+        Next::Sleep
     }
 
     fn live(&self) -> usize {
@@ -978,4 +1005,48 @@ fn fill(buf: &mut [u8], units: &[Unit]) -> (usize, Vec<RawFd>, Vec<(usize, Strin
         }
     }
     (pos, raw, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::{Pool, StartMethod};
+
+    fn double(x: u64) -> u64 {
+        2 * x
+    }
+
+    /// A `close` that lands between the handler's decision to sleep and its going to sleep
+    /// (widened here to 200 ms) is not lost: the pool's drop, which closes and joins the
+    /// handler, ends. Before the decision was taken again under the lock that marks the
+    /// handler asleep, the handler slept forever and the drop hung.
+    #[test]
+    fn a_close_just_before_the_handler_sleeps_is_not_lost() {
+        for method in StartMethod::ALL {
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut builder = Pool::builder().processes(2).start_method(method);
+                builder.pause_before_sleep = Duration::from_millis(200);
+                let outcome = builder.build().and_then(|pool| {
+                    let out = pool.map(double, 0..8u64);
+                    // The last result was just delivered: the handler is between its
+                    // decision and its sleep when the drop closes the pool.
+                    drop(pool);
+                    out
+                });
+                let _ = tx.send(outcome);
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(out) => assert_eq!(out.unwrap(), vec![0, 2, 4, 6, 8, 10, 12, 14], "{method}"),
+                Err(_) => {
+                    for c in crate::active_children() {
+                        let _ = c.kill();
+                    }
+                    panic!("{method}: dropping the pool did not end within 30 s");
+                }
+            }
+        }
+    }
 }
