@@ -278,3 +278,42 @@ fn closed_pool_refuses_new_work() {
         }
     });
 }
+
+/// An `imap` begun before `close` reads its whole input, however slowly it is consumed: the
+/// closed pool stays up for it (it used to retire as soon as it was idle, and the rest of the
+/// input was silently never read). `join` meanwhile is refused, since it would wait for items
+/// that only consuming submits; once the imap is done, `join` ends the pool.
+#[test]
+fn an_imap_begun_before_close_reads_all_its_input() {
+    deadline(120, || {
+        for m in METHODS {
+            let p = pool(m, 1);
+            let mut it = p.imap(square, 0..100u64);
+            p.close();
+            let mut got = Vec::new();
+            for (k, r) in it.by_ref().enumerate() {
+                got.push(r.unwrap_or_else(|e| panic!("{m}: item {k}: {e}")));
+                if k == 3 {
+                    // Idle and closed: the pool must not retire under the imap.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let e = p.join().unwrap_err();
+                    assert!(e.is_misuse(), "{m}: {e}");
+                }
+            }
+            let want: Vec<u64> = (0..100).map(square).collect();
+            assert_eq!(got, want, "{m}");
+            drop(it);
+            p.join().unwrap();
+            assert!(p.pids().is_empty(), "{m}");
+
+            // Dropped part-way: the pool still winds down.
+            let p = pool(m, 1);
+            let mut it = p.imap(square, 0..1000u64);
+            assert_eq!(it.next().unwrap().unwrap(), 0, "{m}");
+            p.close();
+            drop(it);
+            p.join().unwrap();
+            assert!(p.pids().is_empty(), "{m}");
+        }
+    });
+}

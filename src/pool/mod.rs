@@ -793,12 +793,24 @@ impl Pool {
     ///
     /// # Errors
     /// When the pool was neither closed nor terminated ([`PoolError::is_misuse`]), as in
-    /// Python: it would wait forever.
+    /// Python: it would wait forever. Likewise while an [`imap`](Self::imap) of a closed (not
+    /// terminated) pool still reads its input: it submits more only as it is consumed, so
+    /// finish or drop it first (Python's `imap` submits its whole input at once).
     pub fn join(&self) -> Result<(), PoolError> {
-        if !self.shared.lock().closed {
-            return Err(PoolError::new(Kind::Invalid(
-                "cannot join a running pool: close or terminate it first".into(),
-            )));
+        {
+            let st = self.shared.lock();
+            if !st.closed {
+                return Err(PoolError::new(Kind::Invalid(
+                    "cannot join a running pool: close or terminate it first".into(),
+                )));
+            }
+            if st.feeders > 0 && !st.terminating && !st.finished {
+                return Err(PoolError::new(Kind::Invalid(
+                    "cannot join the pool while an imap still reads its input (it submits \
+                     more only as it is consumed): finish or drop the imap first"
+                        .into(),
+                )));
+            }
         }
         self.join_handler();
         Ok(())
@@ -841,9 +853,27 @@ pub struct IMap<'p, A, R, I> {
     submitted: usize,
     yielded: usize,
     exhausted: bool,
+    /// Registered with the pool as reading its input (see `Shared::begin_feed`).
+    feeding: bool,
     error: Option<PoolError>,
     window: usize,
     _arg: PhantomData<fn(A)>,
+}
+
+impl<A, R, I> IMap<'_, A, R, I> {
+    /// Reads no more input, and lets a closed pool wind down once the rest is done.
+    fn stop_feeding(&mut self) {
+        self.exhausted = true;
+        if std::mem::take(&mut self.feeding) {
+            self.pool.shared.end_feed();
+        }
+    }
+}
+
+impl<A, R, I> Drop for IMap<'_, A, R, I> {
+    fn drop(&mut self) {
+        self.stop_feeding();
+    }
 }
 
 impl<A, R, I> std::fmt::Debug for IMap<'_, A, R, I> {
@@ -869,10 +899,8 @@ where
         let _ = f;
         let refused = if chunksize == 0 {
             Some(chunksize_error())
-        } else if pool.shared.lock().closed {
-            Some(PoolError::new(Kind::Closed))
         } else {
-            None
+            pool.shared.begin_feed().err()
         };
         let mut it = IMap {
             pool,
@@ -883,6 +911,7 @@ where
             submitted: 0,
             yielded: 0,
             exhausted: refused.is_some(),
+            feeding: refused.is_none(),
             error: refused,
             window: 16 * pool.processes,
             _arg: PhantomData,
@@ -896,7 +925,7 @@ where
         while !self.exhausted && self.submitted - self.yielded < self.window * self.chunksize {
             let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
             if chunk.is_empty() {
-                self.exhausted = true;
+                self.stop_feeding();
                 break;
             }
             let n = chunk.len();
@@ -910,8 +939,9 @@ where
                 self.pool.shared.submit(unit, true);
             }
             if self.pool.shared.lock().finished {
-                // The pool is gone: the refused chunk's items fail; read no further.
-                self.exhausted = true;
+                // The pool was terminated or broke: the refused chunk's items fail with the
+                // reason; read no further.
+                self.stop_feeding();
             }
         }
     }

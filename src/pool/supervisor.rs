@@ -127,9 +127,11 @@ pub(crate) struct Config {
 pub(crate) struct State {
     queue: VecDeque<Unit>,
     pub(crate) closed: bool,
-    terminating: bool,
+    pub(crate) terminating: bool,
     pub(crate) broken: Option<PoolError>,
     sleeping: bool,
+    /// `imap` iterators still reading their input: a closed pool stays up for them.
+    pub(crate) feeders: usize,
     pub(crate) ready: bool,
     pub(crate) finished: bool,
     pub(crate) pids: Vec<i32>,
@@ -154,6 +156,7 @@ impl Shared {
                 terminating: false,
                 broken: None,
                 sleeping: false,
+                feeders: 0,
                 ready: false,
                 finished: false,
                 pids: Vec::new(),
@@ -206,6 +209,29 @@ impl Shared {
             return;
         }
         st.queue.push_back(unit);
+        let sleeping = std::mem::replace(&mut st.sleeping, false);
+        drop(st);
+        self.wake_if(sleeping);
+    }
+
+    /// An `imap` begins reading its input, which it submits as it is consumed: until
+    /// [`end_feed`](Self::end_feed), a closed pool accepts its chunks and does not retire.
+    pub(crate) fn begin_feed(&self) -> Result<(), PoolError> {
+        let mut st = self.lock();
+        if let Some(e) = &st.broken {
+            return Err(e.clone());
+        }
+        if st.closed || st.finished || st.terminating {
+            return Err(PoolError::new(Kind::Closed));
+        }
+        st.feeders += 1;
+        Ok(())
+    }
+
+    /// An `imap` reads no more input (exhausted, refused or dropped).
+    pub(crate) fn end_feed(&self) {
+        let mut st = self.lock();
+        st.feeders = st.feeders.saturating_sub(1);
         let sleeping = std::mem::replace(&mut st.sleeping, false);
         drop(st);
         self.wake_if(sleeping);
@@ -353,7 +379,11 @@ impl Supervisor {
         if let Some(e) = &st.broken {
             return Next::KillAll(e.clone());
         }
-        if st.closed && st.queue.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty()) {
+        if st.closed
+            && st.feeders == 0
+            && st.queue.is_empty()
+            && self.workers.iter().all(|w| w.inflight.is_empty())
+        {
             return Next::Retire;
         }
         if !st.queue.is_empty() && self.has_capacity(st) {
@@ -894,6 +924,7 @@ impl Supervisor {
             !st.terminating
                 && st.broken.is_none()
                 && (!st.closed
+                    || st.feeders > 0
                     || !st.queue.is_empty()
                     || self.workers.iter().any(|w| !w.inflight.is_empty()))
                 && self.workers.len() < self.config.processes
