@@ -348,3 +348,56 @@ fn dropping_a_pool_finishes_its_pending_work() {
         }
     });
 }
+
+/// A value whose `Deserialize` panics when it reads 13 (the worker only serializes it).
+#[derive(Debug, PartialEq, serde::Serialize)]
+struct Touchy(u64);
+
+impl<'de> serde::Deserialize<'de> for Touchy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let x = u64::deserialize(d)?;
+        assert!(x != 13, "thirteen cannot be read back");
+        Ok(Touchy(x))
+    }
+}
+
+fn touchy(x: u64) -> Touchy {
+    Touchy(x)
+}
+
+/// A result whose decoding panics (on the pool's result handler thread) fails its items with a
+/// decoding error naming the panic; the pool goes on. It used to end the handler thread, and
+/// every later wait on the pool hung.
+#[test]
+fn a_result_whose_decoding_panics_fails_its_items_only() {
+    deadline(120, || {
+        for m in METHODS {
+            let p = pool(m, 2);
+            let e = p.apply(touchy, 13).unwrap_err();
+            assert!(
+                e.to_string().contains("thirteen cannot be read back"),
+                "{m}: {e}"
+            );
+            let e = p.map(touchy, 0..20u64).unwrap_err();
+            assert!(
+                e.to_string().contains("decoding the result panicked"),
+                "{m}: {e}"
+            );
+            let got: Vec<_> = p.imap(touchy, 10..16u64).collect();
+            assert_eq!(got.len(), 6, "{m}");
+            for (x, r) in (10..16u64).zip(got) {
+                match r {
+                    Ok(v) => assert_eq!(v, Touchy(x), "{m}"),
+                    // The chunk holding 13 fails as a whole.
+                    Err(e) => assert!(e.to_string().contains("thirteen"), "{m}: {x}: {e}"),
+                }
+            }
+            assert_eq!(
+                p.apply(touchy, 7).unwrap(),
+                Touchy(7),
+                "{m}: the pool goes on"
+            );
+            assert_eq!(p.map(square, 0..4u64).unwrap(), vec![0, 1, 4, 9], "{m}");
+        }
+    });
+}

@@ -24,6 +24,7 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -1017,7 +1018,15 @@ fn fill(buf: &mut [u8], units: &[Unit]) -> (usize, Vec<RawFd>, Vec<(usize, Strin
                 dst.copy_from_slice(bytes);
                 Ok(fds.clone())
             }
-            Payload::Lazy(args) => args.encode(dst),
+            // The argument's `Serialize` runs here, on the result handler's thread: a panic
+            // in it fails this unit instead of ending the thread (and every wait on it).
+            Payload::Lazy(args) => catch_unwind(AssertUnwindSafe(|| args.encode(dst)))
+                .unwrap_or_else(|p| {
+                    Err(format!(
+                        "encoding the argument panicked: {}",
+                        crate::task::panic_message(&*p)
+                    ))
+                }),
         };
         match fds {
             Ok(fds) if fds.len() == u.nfds => {
