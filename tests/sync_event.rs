@@ -75,3 +75,39 @@ fn wait_timeout_and_clear() {
         assert!(!e.is_set());
     });
 }
+
+/// A `set` undone at once by `clear` (a pulse) still wakes every process waiting at that
+/// moment, and their `wait_timeout` says the event was set. Waiters used to sleep on until
+/// their timeout (or forever in `wait`).
+#[test]
+fn a_pulse_wakes_every_waiter() {
+    deadline(120, || {
+        for m in METHODS {
+            let e = Event::new().unwrap();
+            let waiting = AtomicValue::new(AtomicU32::new(0)).unwrap();
+            let mut ps: Vec<_> = (0..3)
+                .map(|_| {
+                    Process::builder()
+                        .start_method(m)
+                        .start(waiter, (e.clone(), waiting.clone()))
+                        .unwrap()
+                })
+                .collect();
+            assert!(eventually(30, || waiting.load(Ordering::SeqCst) == 3));
+            // Let them get past their spin into the futex sleep.
+            std::thread::sleep(Duration::from_millis(100));
+            let pulsed = Instant::now();
+            e.set();
+            e.clear();
+            for p in &mut ps {
+                assert!(p.join_result().unwrap(), "{m}: the waiter saw the pulse");
+            }
+            assert!(
+                pulsed.elapsed() < Duration::from_secs(10),
+                "{m}: waiters slept {:?} after the pulse",
+                pulsed.elapsed()
+            );
+            assert!(!e.is_set(), "{m}");
+        }
+    });
+}

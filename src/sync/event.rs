@@ -4,17 +4,22 @@
 //! | offset | type | contents |
 //! |---|---|---|
 //! | 0 | `u32` | magic `"mEv1"` |
-//! | 8 | `AtomicU32` | the flag (0 or 1); the futex word |
-//! | 12 | `AtomicU32` | `sleepers`: how many may sleep on the flag (a hint, see below) |
+//! | 8 | `AtomicU32` | the state, the futex word: bit 0 the flag, bits 1.. count the sets (wrapping) |
+//! | 12 | `AtomicU32` | `sleepers`: how many may sleep on the state (a hint, see below) |
 //!
 //! # Protocol
-//! `set` swaps the flag to 1 and, if it was 0 and `sleepers` is not 0, wakes every sleeper.
-//! `wait` spins for at most [`SPIN_TIME`](super::SPIN_TIME) (a few microseconds) reading the
-//! flag (adaptively: not after a spin that failed, see `spin_briefly`), then returns when it reads 1 (`Acquire`, pairing with the `SeqCst` swap, so what the
-//! setter wrote before `set` is visible); else it increments `sleepers`, re-reads the flag and
-//! sleeps while it is 0. Both sides write then read the other's word with `SeqCst`, so either
-//! the setter sees the sleeper or the sleeper sees the flag: no lost wake-up. A waiter that
-//! dies leaves `sleepers` one too high, which only costs `set` a wake-up call.
+//! `set`, if the flag is clear, sets it and counts one more set in a single CAS, then, if
+//! `sleepers` is not 0, wakes every sleeper. `clear` clears bit 0 only. `wait` remembers the
+//! state it started with and returns when the flag is set *or the count moved*: a `set` that
+//! was undone by a `clear` before the waiter looked again (a pulse) still ends the wait, as in
+//! Python, where such a waiter is woken too. It spins for at most
+//! [`SPIN_TIME`](super::SPIN_TIME) (a few microseconds) reading the state (adaptively: not
+//! after a spin that failed, see `spin_briefly`), `Acquire`, pairing with the `SeqCst` CAS, so
+//! what the setter wrote before `set` is visible; else it increments `sleepers`, re-reads the
+//! state and sleeps while it is the one it read. Both sides write then read the other's word
+//! with `SeqCst`, so either the setter sees the sleeper or the sleeper sees the new state: no
+//! lost wake-up. A waiter that dies leaves `sleepers` one too high, which only costs `set` a
+//! wake-up call.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -27,6 +32,10 @@ const MAGIC: u32 = magic(b"mEv1");
 const FLAG: usize = BODY;
 const SLEEPERS: usize = BODY + 4;
 const LEN: usize = BODY + 8;
+/// Bit 0 of the state: the flag. The bits above count the sets.
+const SET: u32 = 1;
+/// One more set in the count.
+const ONE_SET: u32 = 2;
 
 /// A flag that processes can wait for (Python's `multiprocessing.Event`).
 ///
@@ -90,9 +99,12 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set(&self) {
-        let flag = self.word(FLAG);
-        if flag.swap(1, Ordering::SeqCst) == 0 && self.word(SLEEPERS).load(Ordering::SeqCst) != 0 {
-            futex_wake(flag, WAKE_ALL);
+        let state = self.word(FLAG);
+        let was = state.fetch_update(Ordering::SeqCst, Ordering::Relaxed, |s| {
+            (s & SET == 0).then(|| s.wrapping_add(ONE_SET) | SET)
+        });
+        if was.is_ok() && self.word(SLEEPERS).load(Ordering::SeqCst) != 0 {
+            futex_wake(state, WAKE_ALL);
         }
     }
 
@@ -107,7 +119,7 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn clear(&self) {
-        self.word(FLAG).store(0, Ordering::Release);
+        self.word(FLAG).fetch_and(!SET, Ordering::Release);
     }
 
     /// Whether the flag is set.
@@ -119,10 +131,11 @@ impl Event {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn is_set(&self) -> bool {
-        self.word(FLAG).load(Ordering::Acquire) == 1
+        self.word(FLAG).load(Ordering::Acquire) & SET != 0
     }
 
-    /// Waits until the flag is set.
+    /// Waits until the flag is set. A `set` that another process undoes at once with
+    /// [`clear`](Self::clear) (a pulse) also ends the wait, as in Python.
     ///
     /// # Examples
     /// ```
@@ -135,7 +148,10 @@ impl Event {
         self.wait_until(None);
     }
 
-    /// Waits at most `timeout` for the flag; whether it is set (Python's `wait(timeout)`).
+    /// Waits at most `timeout` for the flag (Python's `wait(timeout)`): `true` when it was
+    /// set during the wait (even if cleared again since, a pulse), `false` on timeout. (After
+    /// a pulse, Python's `multiprocessing.Event` returns the flag, `False`, and its
+    /// `threading.Event` returns `True`, as here: a `false` here always means a timeout.)
     ///
     /// # Examples
     /// ```
@@ -149,23 +165,29 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        let flag = self.word(FLAG);
+        let state = self.word(FLAG);
         let sleepers = self.word(SLEEPERS);
+        let start = state.load(Ordering::Acquire);
+        // Set now, or set since the wait began (the count moved).
+        let done = |s: u32| s & SET != 0 || s != start;
+        if done(start) {
+            return true;
+        }
         // A setter running right now on another core usually sets the flag within a few
         // microseconds: look for a bounded time before sleeping.
-        if super::spin_briefly(|| flag.load(Ordering::Acquire) == 1) {
+        if super::spin_briefly(|| done(state.load(Ordering::Acquire))) {
             return true;
         }
         loop {
-            if flag.load(Ordering::Acquire) == 1 {
+            if done(state.load(Ordering::Acquire)) {
                 return true;
             }
             let Some(timeout) = super::time_left(deadline) else {
                 return false;
             };
             sleepers.fetch_add(1, Ordering::SeqCst);
-            if flag.load(Ordering::SeqCst) == 0 {
-                let _ = futex_wait(flag, 0, timeout);
+            if !done(state.load(Ordering::SeqCst)) {
+                let _ = futex_wait(state, start, timeout);
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
         }
