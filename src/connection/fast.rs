@@ -56,7 +56,8 @@
 //!   set, swaps it to 0 and rings. Store-then-load on both sides in one total order: either
 //!   the reader sees the record or the writer sees `armed`, so no wake-up is lost; an idle
 //!   pipe makes no syscall. A woken reader drains the doorbell and, if other readers are
-//!   registered and records remain, rings it again for them.
+//!   registered, stores `armed = 1` again for them (the writer that rang cleared it, and they
+//!   sleep on without arming again) and, if records remain, rings it again for them.
 //! - **A writer waiting for room** reads `space`, stores `writer_waits = 1`, re-reads `head`,
 //!   and futex-waits on `space` in slices of [`ROOM_SLICE`], checking between slices that the
 //!   peer still exists. A reader that frees room swaps `writer_waits` to 0 and, if it was set,
@@ -476,9 +477,16 @@ impl Fast {
             .sleepers()
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
-        if rung && doorbell::drain(self.inbound_bell()) && others > 0 && self.inbound_ready() {
-            // The ring that woke us may have been meant for them too.
-            doorbell::ring(self.inbound_bell());
+        if rung && doorbell::drain(self.inbound_bell()) && others > 0 {
+            // The ring we drained may have been meant for other sleepers too, and the writer
+            // that rang cleared `armed`: they sleep on without arming again (a `poll` woken
+            // by the ring finds the doorbell drained and goes back to sleep). Arm for them,
+            // then look at the ring (`SeqCst` store then load, as in `arm`): a record
+            // published before that store rang nobody, so pass it on.
+            d.armed().store(1, Ordering::SeqCst);
+            if d.nonempty(Ordering::SeqCst) {
+                doorbell::ring(self.inbound_bell());
+            }
         }
     }
 
