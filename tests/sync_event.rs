@@ -11,21 +11,30 @@ fn waiter((e, waiting): (Event, AtomicValue<AtomicU32>)) -> bool {
     e.wait_timeout(Duration::from_secs(30))
 }
 
+/// `n` processes started with `m`, each waiting on `e`; returns once all are waiting.
+fn start_waiters(m: StartMethod, e: &Event, n: u32) -> Vec<Process<bool>> {
+    let waiting = AtomicValue::new(AtomicU32::new(0)).unwrap();
+    let ps = (0..n)
+        .map(|_| {
+            Process::builder()
+                .start_method(m)
+                .start(waiter, (e.clone(), waiting.clone()))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        eventually(30, || waiting.load(Ordering::SeqCst) == n),
+        "{m}"
+    );
+    ps
+}
+
 #[test]
 fn set_wakes_every_waiter() {
     deadline(120, || {
         for m in METHODS {
             let e = Event::new().unwrap();
-            let waiting = AtomicValue::new(AtomicU32::new(0)).unwrap();
-            let mut ps: Vec<_> = (0..4)
-                .map(|_| {
-                    Process::builder()
-                        .start_method(m)
-                        .start(waiter, (e.clone(), waiting.clone()))
-                        .unwrap()
-                })
-                .collect();
-            assert!(eventually(30, || waiting.load(Ordering::SeqCst) == 4));
+            let mut ps = start_waiters(m, &e, 4);
             assert!(!e.is_set());
             e.set();
             for p in &mut ps {
@@ -84,16 +93,7 @@ fn a_pulse_wakes_every_waiter() {
     deadline(120, || {
         for m in METHODS {
             let e = Event::new().unwrap();
-            let waiting = AtomicValue::new(AtomicU32::new(0)).unwrap();
-            let mut ps: Vec<_> = (0..3)
-                .map(|_| {
-                    Process::builder()
-                        .start_method(m)
-                        .start(waiter, (e.clone(), waiting.clone()))
-                        .unwrap()
-                })
-                .collect();
-            assert!(eventually(30, || waiting.load(Ordering::SeqCst) == 3));
+            let mut ps = start_waiters(m, &e, 3);
             // Let them get past their spin into the futex sleep.
             std::thread::sleep(Duration::from_millis(100));
             let pulsed = Instant::now();
