@@ -351,8 +351,9 @@ fn launch_fork(
         let _ = err.flush();
     }
     // Hold every global lock of the crate across the fork too, so that the child finds them
-    // consistent and resets them (lock order: SERVER, the process registry, tracked descriptors, the
-    // named-shared-memory ledger).
+    // consistent and resets them (lock order: descriptor births, SERVER, the process registry,
+    // tracked descriptors, the named-shared-memory ledger).
+    let births = handle::lock_births_for_fork();
     let mut server_slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
     let mut state = process::lock_state();
     let tracked = handle::lock_tracked();
@@ -373,6 +374,7 @@ fn launch_fork(
     drop(tracked);
     drop(state);
     drop(server_slot);
+    drop(births);
     drop(err);
     drop(out);
     match forked {

@@ -23,8 +23,9 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -307,20 +308,70 @@ static TRACKED: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// inherit them in the first place.
 ///
 /// [`StartMethod::Fork`]: crate::StartMethod::Fork
+///
+/// A descriptor must be tracked from the moment it exists to the moment it is closed, or a
+/// fork in another thread in between gives its child a copy that is never neutralized (found
+/// as a peer that still saw its killed reader's end open, 5 runs in 60 of a test binary whose
+/// other tests forked meanwhile). So code that makes descriptors for handles holds a [`birth`]
+/// guard from the first syscall until they are tracked, and a tracked descriptor is closed
+/// under the lock of the list.
 #[derive(Debug)]
-pub(crate) struct TrackedFd(OwnedFd);
+pub(crate) struct TrackedFd(ManuallyDrop<OwnedFd>);
 
 impl TrackedFd {
     pub(crate) fn new(fd: OwnedFd) -> Self {
         lock_tracked().insert(fd.as_raw_fd());
-        TrackedFd(fd)
+        TrackedFd(ManuallyDrop::new(fd))
     }
 }
 
 impl Drop for TrackedFd {
+    #[allow(unsafe_code)]
     fn drop(&mut self) {
-        lock_tracked().remove(&self.0.as_raw_fd());
+        // Forgotten and closed under the list's lock, which a fork holds: a child forked now
+        // has the descriptor tracked (and neutralizes it) or does not have it at all.
+        let mut tracked = lock_tracked();
+        tracked.remove(&self.0.as_raw_fd());
+        // SAFETY: the descriptor is dropped once, here, and never used after.
+        unsafe { ManuallyDrop::drop(&mut self.0) };
     }
+}
+
+/// Held (shared) by a thread that makes descriptors for handles, from before the first syscall
+/// until they are [`TrackedFd`]s; taken exclusively by the Fork start method across `fork`.
+static BIRTHS: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// How many [`Birth`] guards this thread holds (only the outermost takes the lock: a
+    /// second shared acquisition could wait behind a waiting fork, which waits for the first).
+    static BIRTH_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+/// See [`birth`].
+pub(crate) struct Birth(
+    /// Held for its drop only.
+    #[allow(dead_code)]
+    Option<RwLockReadGuard<'static, ()>>,
+);
+
+/// Keeps forks out while this thread makes descriptors that will be tracked: a child forked
+/// between a descriptor's creation and its tracking would keep an untracked copy.
+pub(crate) fn birth() -> Birth {
+    let depth = BIRTH_DEPTH.get();
+    BIRTH_DEPTH.set(depth + 1);
+    Birth((depth == 0).then(|| BIRTHS.read().unwrap_or_else(|p| p.into_inner())))
+}
+
+impl Drop for Birth {
+    fn drop(&mut self) {
+        BIRTH_DEPTH.set(BIRTH_DEPTH.get().saturating_sub(1));
+    }
+}
+
+/// Waits for every descriptor being made to be tracked, and keeps new ones from being made
+/// (held across `fork` by the Fork start method, before its other locks).
+pub(crate) fn lock_births_for_fork() -> RwLockWriteGuard<'static, ()> {
+    BIRTHS.write().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AsFd for TrackedFd {

@@ -32,6 +32,7 @@ impl fmt::Debug for Region {
 impl Region {
     /// A new zero-filled region of `len` bytes; `name` shows in `/proc/<pid>/fd` listings.
     pub(crate) fn new(name: &str, len: usize) -> io::Result<Region> {
+        let _birth = crate::handle::birth();
         let fd = shm::memfd(name, len)?;
         Region::from_fd(fd)
     }

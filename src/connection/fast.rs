@@ -277,6 +277,7 @@ fn round8(n: usize) -> usize {
 impl Fast {
     /// Both ends of a new pipe's shared-memory path.
     pub(crate) fn pair() -> io::Result<(Fast, Fast)> {
+        let _birth = crate::handle::birth();
         let region = Region::new("multiprocess-pipe", DATA + 2 * RING)?;
         region
             .get::<AtomicU32>(OFF_VERSION)

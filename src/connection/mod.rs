@@ -94,6 +94,7 @@ impl Pipe {
     /// When the system is out of descriptors or memory.
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> io::Result<(Connection, Connection)> {
+        let _birth = handle::birth();
         let (a, b) = socket::socketpair()?;
         let (fa, fb) = Fast::pair()?;
         Ok((
@@ -119,6 +120,7 @@ impl Pipe {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn oneway() -> io::Result<(Connection, Connection)> {
+        let _birth = handle::birth();
         let (r, w) = socket::socketpair()?;
         socket::shutdown(r.as_fd(), false)?;
         socket::shutdown(w.as_fd(), true)?;
@@ -622,6 +624,7 @@ impl Connection {
     /// # drop(a); Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_clone(&self) -> io::Result<Connection> {
+        let _birth = handle::birth();
         let fd = socket::dup(self.fd.as_fd())?;
         Ok(Connection::with_fast(
             fd,

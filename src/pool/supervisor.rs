@@ -760,10 +760,13 @@ impl Supervisor {
         let (mine, theirs) = Pipe::new().map_err(|e| start_err(e.to_string()))?;
         let slot =
             Region::new("multiprocess-pool-worker", 4096).map_err(|e| start_err(e.to_string()))?;
-        let dup = std::os::fd::AsFd::as_fd(&slot)
-            .try_clone_to_owned()
-            .map_err(|e| start_err(e.to_string()))?;
-        let their_slot = Region::from_fd(dup).map_err(|e| start_err(e.to_string()))?;
+        let their_slot = {
+            let _birth = handle::birth();
+            let dup = std::os::fd::AsFd::as_fd(&slot)
+                .try_clone_to_owned()
+                .map_err(|e| start_err(e.to_string()))?;
+            Region::from_fd(dup).map_err(|e| start_err(e.to_string()))?
+        };
         self.counter += 1;
         let mut builder = Process::builder()
             .daemon(true)

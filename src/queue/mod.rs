@@ -399,6 +399,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                     "maxsize is larger than i32::MAX",
                 )
             })?;
+        let _birth = handle::birth();
         let ring = Ring::create(bytes, maxsize)?;
         let (tx, rx) = ipc::dgram_pair()?;
         Ok(Queue {
