@@ -365,3 +365,60 @@ fn poll_does_not_wait_for_a_receiver_blocked_in_another_thread() {
         assert_eq!(receiver.join().unwrap().unwrap(), 1);
     });
 }
+
+fn nap(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Pipes made and closed in one thread while another thread forks children (Fork start
+/// method): no child may keep an end it was not given, so the peer of a closed end always sees
+/// end of file at once. A descriptor made but not yet tracked (or untracked but not yet closed)
+/// when another thread forked stayed open in that child for its whole life.
+#[test]
+fn pipes_made_while_another_thread_forks_close_for_real() {
+    deadline(120, || {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let forked = std::sync::Arc::new(AtomicUsize::new(0));
+        let forker = {
+            let (stop, forked) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&forked));
+            std::thread::spawn(move || {
+                // Long-lived children: a copy of an end kept by one outlives the check below.
+                let mut children = Vec::new();
+                while !stop.load(Relaxed) && children.len() < 64 {
+                    let p = Process::builder()
+                        .start_method(StartMethod::Fork)
+                        .start(nap, 30_000)
+                        .unwrap();
+                    children.push(p);
+                    forked.fetch_add(1, Relaxed);
+                }
+                while !stop.load(Relaxed) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                for mut p in children {
+                    p.kill().unwrap();
+                    p.join().unwrap();
+                }
+            })
+        };
+        let mut held = Vec::new();
+        // Pipes are made and closed for as long as the children are being forked.
+        let mut round = 0;
+        while round < 200 || (forked.load(Relaxed) < 64 && !forker.is_finished()) {
+            round += 1;
+            let (a, b) = Pipe::new().unwrap();
+            drop(b);
+            match a.recv_timeout::<u8>(Duration::from_millis(500)) {
+                Err(e) if e.is_eof() => {}
+                other => held.push((round, format!("{other:?}"))),
+            }
+        }
+        stop.store(true, Relaxed);
+        forker.join().unwrap();
+        assert!(
+            held.is_empty(),
+            "closed ends still open somewhere: {held:?}"
+        );
+    });
+}
