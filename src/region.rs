@@ -37,6 +37,12 @@ impl Region {
         Region::from_fd(fd)
     }
 
+    /// A second mapping of the same memory, through a descriptor of its own.
+    pub(crate) fn try_clone(&self) -> io::Result<Region> {
+        let _birth = crate::handle::birth();
+        Region::from_fd(self.fd.as_fd().try_clone_to_owned()?)
+    }
+
     /// Maps an existing memfd (its whole length).
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
         let len = shm::file_len(fd.as_fd())?;

@@ -158,6 +158,17 @@ pub(crate) fn send_value<R: Serialize + ?Sized>(status: &Connection, value: &R) 
     }
 }
 
+/// Runs `f`, which says why it failed; a panic in it becomes such a failure too, named
+/// `"{what} panicked: {message}"`. For user code (a `Serialize` or `Deserialize`) that runs on
+/// a thread that must go on, such as the pool's result handler.
+pub(crate) fn unless_panic<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, String>,
+) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(format!("{what} panicked: {}", panic_message(&*p))))
+}
+
 /// The message of a panic payload, as the default hook would print it.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

@@ -136,9 +136,9 @@ pub struct Builder {
     method: Option<StartMethod>,
     maxtasks: Option<u64>,
     init: Option<Result<InitSpec, PoolError>>,
-    /// Tests only: see `supervisor::Config::pause_before_sleep`.
+    /// Tests only: see `supervisor::Config::pause_before_deciding`.
     #[cfg(test)]
-    pause_before_sleep: std::time::Duration,
+    pause_before_deciding: std::time::Duration,
 }
 
 impl std::fmt::Debug for Builder {
@@ -219,7 +219,7 @@ impl Builder {
             maxtasks: self.maxtasks,
             init,
             #[cfg(test)]
-            pause_before_sleep: self.pause_before_sleep,
+            pause_before_deciding: self.pause_before_deciding,
         };
         let for_handler = Arc::clone(&shared);
         let handler = std::thread::Builder::new()
@@ -289,7 +289,7 @@ impl Pool {
             maxtasks: None,
             init: None,
             #[cfg(test)]
-            pause_before_sleep: std::time::Duration::ZERO,
+            pause_before_deciding: std::time::Duration::ZERO,
         }
     }
 

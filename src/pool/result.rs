@@ -39,9 +39,7 @@ fn decode_chunk<R: DeserializeOwned>(
 ) -> Chunk<R> {
     // The result's `Deserialize` runs on the pool's result handler thread: a panic in it is
     // this chunk's decoding error, not the end of the thread (and of every wait on it).
-    let decoded = catch_unwind(AssertUnwindSafe(|| UnitOut::<R>::decode(bytes, fds)))
-        .unwrap_or_else(|p| Err(decode_panicked(&*p)));
-    match decoded {
+    match task::unless_panic("decoding the result", || UnitOut::<R>::decode(bytes, fds)) {
         Ok(UnitOut::All(v)) if v.len() == count => Chunk::Values(v),
         Ok(UnitOut::Mixed(v)) if v.len() == count => Chunk::Mixed(
             v.into_iter()
@@ -59,13 +57,6 @@ fn decode_chunk<R: DeserializeOwned>(
         Ok(_) => Chunk::Failed(wrong_count(pid).at(start, count)),
         Err(e) => Chunk::Failed(PoolError::new(Kind::Decode(e)).at(start, count)),
     }
-}
-
-fn decode_panicked(payload: &(dyn std::any::Any + Send)) -> String {
-    format!(
-        "decoding the result panicked: {}",
-        task::panic_message(payload)
-    )
 }
 
 fn wrong_count(pid: i32) -> PoolError {
@@ -186,10 +177,9 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
             st.out.reserve_exact(self.total);
         }
         let before = st.out.len();
-        let decoded = catch_unwind(AssertUnwindSafe(|| {
+        let decoded = task::unless_panic("decoding the result", || {
             wire::decode_seed(values, fds, wire::Append(&mut st.out)).map_err(|e| e.0)
-        }))
-        .unwrap_or_else(|p| Err(decode_panicked(&*p)));
+        });
         let chunk = match decoded {
             Ok(()) if st.out.len() - before == count => {
                 st.next += count;

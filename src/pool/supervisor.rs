@@ -24,7 +24,6 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, RawFd};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,7 +38,7 @@ use crate::handle;
 use crate::process::Process;
 use crate::region::Region;
 use crate::sys::socket;
-use crate::task::UnitOut;
+use crate::task::{self, UnitOut};
 
 /// Most units in one batch.
 const MAX_BATCH_UNITS: usize = 128;
@@ -118,10 +117,10 @@ pub(crate) struct Config {
     pub(crate) method: Option<StartMethod>,
     pub(crate) maxtasks: Option<u64>,
     pub(crate) init: Option<InitSpec>,
-    /// Tests only: how long the result handler pauses between deciding that it has nothing
-    /// to do and going to sleep, to widen the window in which a `close` must not be lost.
+    /// Tests only: how long the result handler pauses before each decision, so that a `close`
+    /// lands while it is between steps.
     #[cfg(test)]
-    pub(crate) pause_before_sleep: Duration,
+    pub(crate) pause_before_deciding: Duration,
 }
 
 /// State shared by the `Pool` handle and its result handler.
@@ -344,7 +343,20 @@ enum Next {
 impl Supervisor {
     fn main_loop(&mut self) {
         loop {
-            let next = self.next(&self.shared.lock());
+            #[cfg(test)]
+            std::thread::sleep(self.config.pause_before_deciding);
+            // Decided, and marked asleep, under one acquisition of the lock: a `close`, a
+            // `terminate` or a submission either came before and is seen here, or comes after
+            // and finds the handler marked asleep, so it wakes it. (Deciding and marking under
+            // two acquisitions lost a `close` that came between them.)
+            let next = {
+                let mut st = self.shared.lock();
+                let next = self.next(&st);
+                if matches!(next, Next::Sleep) {
+                    st.sleeping = true;
+                }
+                next
+            };
             match next {
                 Next::KillAll(e) => {
                     self.kill_all(e);
@@ -354,22 +366,9 @@ impl Supervisor {
                     self.retire_all();
                     return;
                 }
-                Next::Dispatch | Next::Sleep => {}
+                Next::Dispatch => self.dispatch(),
+                Next::Sleep => self.wait_and_read(),
             }
-            self.dispatch();
-            #[cfg(test)]
-            std::thread::sleep(self.config.pause_before_sleep);
-            {
-                // Decided again under the lock that marks the handler asleep: a `close`, a
-                // `terminate` or a submission that came after the decision above found the
-                // handler awake and sent no wake-up, so it must be seen here.
-                let mut st = self.shared.lock();
-                if !matches!(self.next(&st), Next::Sleep) {
-                    continue;
-                }
-                st.sleeping = true;
-            }
-            self.wait_and_read();
         }
     }
 
@@ -760,13 +759,7 @@ impl Supervisor {
         let (mine, theirs) = Pipe::new().map_err(|e| start_err(e.to_string()))?;
         let slot =
             Region::new("multiprocess-pool-worker", 4096).map_err(|e| start_err(e.to_string()))?;
-        let their_slot = {
-            let _birth = handle::birth();
-            let dup = std::os::fd::AsFd::as_fd(&slot)
-                .try_clone_to_owned()
-                .map_err(|e| start_err(e.to_string()))?;
-            Region::from_fd(dup).map_err(|e| start_err(e.to_string()))?
-        };
+        let their_slot = slot.try_clone().map_err(|e| start_err(e.to_string()))?;
         self.counter += 1;
         let mut builder = Process::builder()
             .daemon(true)
@@ -1023,13 +1016,7 @@ fn fill(buf: &mut [u8], units: &[Unit]) -> (usize, Vec<RawFd>, Vec<(usize, Strin
             }
             // The argument's `Serialize` runs here, on the result handler's thread: a panic
             // in it fails this unit instead of ending the thread (and every wait on it).
-            Payload::Lazy(args) => catch_unwind(AssertUnwindSafe(|| args.encode(dst)))
-                .unwrap_or_else(|p| {
-                    Err(format!(
-                        "encoding the argument panicked: {}",
-                        crate::task::panic_message(&*p)
-                    ))
-                }),
+            Payload::Lazy(args) => task::unless_panic("encoding the argument", || args.encode(dst)),
         };
         match fds {
             Ok(fds) if fds.len() == u.nfds => {
@@ -1061,22 +1048,21 @@ mod tests {
         2 * x
     }
 
-    /// A `close` that lands between the handler's decision to sleep and its going to sleep
-    /// (widened here to 500 ms) is not lost: the pool's drop, which closes and joins the
-    /// handler, ends. Before the decision was taken again under the lock that marks the
-    /// handler asleep, the handler slept forever and the drop hung.
+    /// A `close` that lands while the handler is between steps (a pause of 500 ms before
+    /// each decision) is not lost: the pool's drop, which closes and joins the handler, ends.
+    /// When the handler decided under one acquisition of the lock and marked itself asleep
+    /// under another, a `close` between the two was lost and the drop hung.
     #[test]
     fn a_close_just_before_the_handler_sleeps_is_not_lost() {
         for method in StartMethod::ALL {
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
                 let mut builder = Pool::builder().processes(2).start_method(method);
-                builder.pause_before_sleep = Duration::from_millis(500);
+                builder.pause_before_deciding = Duration::from_millis(500);
                 let outcome = builder.build().and_then(|pool| {
                     let out = pool.map(double, 0..2u64);
-                    // The last result was just delivered and the handler has looked at the
-                    // state again (not closed): it is in its pause when the drop closes the
-                    // pool.
+                    // The last result was just delivered: the handler is in its pause before
+                    // the next decision when the drop closes the pool.
                     std::thread::sleep(Duration::from_millis(100));
                     drop(pool);
                     out
