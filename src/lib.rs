@@ -158,6 +158,8 @@ mod bytes;
 pub mod connection;
 pub mod context;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod handle;
 pub mod pool;
 pub mod process;

@@ -99,3 +99,4 @@ pub fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+pub mod fuzz;
