@@ -1,4 +1,4 @@
-//! The seed, point by point: Python's `multiprocessing` notes, done with `multiprocess`.
+//! A tour of Python's `multiprocessing`, point by point, done with `multiprocess`.
 //!
 //! Run it with `cargo run --example tour`.
 
@@ -24,7 +24,7 @@ fn nap(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
-/// Way 2: the seed's "subclass Process and override run()".
+/// Way 2: Python's "subclass Process and override run()".
 #[derive(Serialize, Deserialize)]
 struct Countdown {
     from: u32,
@@ -346,7 +346,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("  and returned squares summing to {total}");
     drop(pool);
 
-    section("Beyond the seed: locks and shared values");
+    section("Beyond the basics: locks and shared values");
     let balance = Value::new(0i64)?;
     let mut workers = Vec::new();
     for _ in 0..4 {
