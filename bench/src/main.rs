@@ -16,6 +16,7 @@
 mod python;
 mod raw;
 mod stats;
+mod w10_imap;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
@@ -45,6 +46,7 @@ const WORKLOADS: &[Workload] = &[
     w7_sync::W7A,
     w7_sync::W7B,
     w7_sync::W7C,
+    w10_imap::W10,
 ];
 
 /// Error type of the harness: any error, with its message.
