@@ -120,7 +120,9 @@ fn imap_is_lazy_on_endless_input() {
     deadline(60, || {
         for m in METHODS {
             let p = pool(m, 2);
-            let mut it = p.imap(square, 0u64..);
+            // Fixed chunks of one: the window is exactly 16 * processes items (the adaptive
+            // default's bound is in pool_adaptive.rs).
+            let mut it = p.imap_chunked(square, 0u64.., 1);
             let first: Vec<u64> = it.by_ref().take(100).map(Result::unwrap).collect();
             assert_eq!(first[99], 99 * 99, "{m}");
             assert!(
@@ -288,7 +290,9 @@ fn an_imap_begun_before_close_reads_all_its_input() {
     deadline(120, || {
         for m in METHODS {
             let p = pool(m, 1);
-            let mut it = p.imap(square, 0..100u64);
+            // Chunks of one item, so the input is still being read after four results (the
+            // adaptive default would have read all 100 by then).
+            let mut it = p.imap_chunked(square, 0..100u64, 1);
             p.close();
             let mut got = Vec::new();
             for (k, r) in it.by_ref().enumerate() {
