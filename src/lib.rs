@@ -4,6 +4,9 @@
 //! bottleneck, native code that is not thread-safe, a memory limit per worker) with the names
 //! a Python programmer knows and the shape a Rust programmer expects.
 //!
+//! **Platform:** Linux only (x86_64 and aarch64 are built and tested). The crate uses memfds,
+//! futexes, pidfds and `/proc`; other platforms are not supported yet.
+//!
 //! ## Hello, child
 //! ```
 //! use multiprocess::Process;
