@@ -5,3 +5,22 @@
 //! runs the crate's own parser or reader over them, and must return (an error is fine) without
 //! a panic, an abort, an out-of-bounds access, a hang or an allocation larger than the input
 //! justifies. The fuzzers and the stable tests call exactly these functions.
+
+/// The ledger parser: the names a ledger file's bytes would make
+/// [`remove_orphans`](crate::shared_memory::remove_orphans) remove. Each must be one path
+/// component that `SharedMemory::create` would accept (no `/`, no control character, not a
+/// ledger); the function panics if the parser lets another through.
+pub fn ledger(data: &[u8]) {
+    for name in crate::shared_memory::parse_ledger(data) {
+        assert!(
+            !name.is_empty()
+                && name.len() <= 255
+                && !name.contains('/')
+                && name != "."
+                && name != ".."
+                && !name.chars().any(char::is_control)
+                && !name.starts_with("multiprocess-ledger."),
+            "the ledger parser let {name:?} through"
+        );
+    }
+}

@@ -118,6 +118,12 @@ fn check_name(name: &str) -> io::Result<&str> {
             "{name:?} is not a valid shared-memory name: use 1 to 255 characters without '/'"
         )));
     }
+    if name.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "{name:?} is not a valid shared-memory name: control characters (such as a \
+             newline) are refused"
+        )));
+    }
     if name.starts_with(LEDGER_PREFIX) {
         return Err(invalid(format!(
             "{name:?} is reserved: names starting with {LEDGER_PREFIX:?} are multiprocess's own"
@@ -451,27 +457,50 @@ impl AsFd for SharedMemory {
 
 const LEDGER_PREFIX: &str = "multiprocess-ledger.";
 
+/// This process's ledger: its pid (a forked child makes its own), its file, the names it
+/// lists.
+#[derive(Debug)]
+pub(crate) struct Ledger {
+    pid: u32,
+    name: String,
+    file: named_shm::LedgerFile,
+    names: Vec<String>,
+}
+
 /// The names this process created and still owns, and the ledger that lists them.
-static LEDGER: Mutex<Option<(u32, String, Vec<String>)>> = Mutex::new(None);
+static LEDGER: Mutex<Option<Ledger>> = Mutex::new(None);
 
 /// Held across `fork` by the Fork start method, so a forked child never finds it locked.
-pub(crate) fn lock_ledger_for_fork(
-) -> std::sync::MutexGuard<'static, Option<(u32, String, Vec<String>)>> {
+pub(crate) fn lock_ledger_for_fork() -> std::sync::MutexGuard<'static, Option<Ledger>> {
     LEDGER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ledger_add(name: &str) -> io::Result<()> {
     let mut g = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
     let (pid, start) = current_process();
-    if g.as_ref().is_none_or(|(p, _, _)| *p != pid) {
-        // First use, or a forked child: its own ledger.
-        *g = Some((pid, format!("{LEDGER_PREFIX}{pid}.{start}"), Vec::new()));
+    if g.as_ref().is_none_or(|l| l.pid != pid) {
+        // First use, or a forked child: its own ledger (the parent's descriptor, inherited,
+        // is closed here). Created exclusively: a file planted under the name is an error.
+        let file = format!("{LEDGER_PREFIX}{pid}.{start}");
+        *g = None;
+        *g = Some(Ledger {
+            pid,
+            // Never `AlreadyExists`: that would read as "the block's name is taken".
+            file: named_shm::LedgerFile::create(&file).map_err(|e| {
+                io::Error::other(format!(
+                    "cannot create this process's shared-memory ledger /dev/shm/{file} \
+                     (something else has its name?): {e}"
+                ))
+            })?,
+            name: file,
+            names: Vec::new(),
+        });
     }
-    let (_, file, names) = g.as_mut().expect("set above");
-    names.push(name.to_string());
-    let r = named_shm::write_text(file, &names.join("\n"));
+    let l = g.as_mut().expect("set above");
+    l.names.push(name.to_string());
+    let r = l.file.write(&l.names.join("\n"));
     if r.is_err() {
-        names.pop();
+        l.names.pop();
     }
     r
 }
@@ -479,25 +508,52 @@ fn ledger_add(name: &str) -> io::Result<()> {
 fn ledger_remove(name: &str) {
     let mut g = LEDGER.lock().unwrap_or_else(|p| p.into_inner());
     let pid = current_process_id();
-    let Some((p, file, names)) = g.as_mut() else {
+    let Some(l) = g.as_mut() else {
         return;
     };
-    if *p != pid {
+    if l.pid != pid {
         return;
     }
-    if let Some(i) = names.iter().position(|n| n == name) {
-        names.remove(i);
+    if let Some(i) = l.names.iter().position(|n| n == name) {
+        l.names.remove(i);
     }
-    if names.is_empty() {
-        let _ = named_shm::unlink(file);
+    if l.names.is_empty() {
+        let _ = named_shm::unlink(&l.name);
+        *g = None;
     } else {
-        let _ = named_shm::write_text(file, &names.join("\n"));
+        let _ = l.file.write(&l.names.join("\n"));
     }
+}
+
+/// The names a ledger's bytes list that the crate may remove: each line that is UTF-8 and
+/// passes the same check as [`SharedMemory::create`] (one path component, no control
+/// characters, not a ledger). Anything else is skipped, so a forged or damaged ledger can
+/// never name a file outside `/dev/shm` or another ledger.
+pub(crate) fn parse_ledger(bytes: &[u8]) -> Vec<&str> {
+    bytes
+        .split(|b| *b == b'\n')
+        .filter_map(|line| std::str::from_utf8(line).ok())
+        .filter(|line| !line.is_empty() && !line.starts_with('/'))
+        .filter(|line| check_name(line).is_ok())
+        .collect()
+}
+
+/// The (pid, start time) a ledger's file name names, if it is one.
+fn ledger_owner(file: &str) -> Option<(u32, u32)> {
+    let rest = file.strip_prefix(LEDGER_PREFIX)?;
+    let (p, s) = rest.split_once('.')?;
+    Some((p.parse().ok()?, s.parse().ok()?))
 }
 
 /// Removes the named blocks of creators that died without removing them (killed, or ended
 /// by `_exit`), as recorded in their ledgers (see the [module notes](self)); returns how many
 /// names were removed. [`SharedMemory::create`] calls it first.
+///
+/// A ledger is trusted only when it is a regular file owned by this user (never a link, a
+/// FIFO or another user's file), at most 1 MiB, and each name in it must pass the check of
+/// [`SharedMemory::create`]: a ledger that someone else planted in `/dev/shm`, which every
+/// user can write to, cannot make this function remove anything outside the names the crate
+/// could have created. Removal is relative to the directory (`unlinkat`).
 ///
 /// # Errors
 /// When `/dev/shm` cannot be listed.
@@ -511,23 +567,19 @@ fn ledger_remove(name: &str) {
 pub fn remove_orphans() -> io::Result<usize> {
     let mut removed = 0;
     for file in named_shm::names()? {
-        let Some(rest) = file.strip_prefix(LEDGER_PREFIX) else {
-            continue;
-        };
-        let Some((pid, start)) = rest
-            .split_once('.')
-            .and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u32>().ok()?)))
-        else {
+        let Some((pid, start)) = ledger_owner(&file) else {
             continue;
         };
         if thread_alive(pid, start) {
             continue;
         }
-        if let Ok(text) = named_shm::read_text(&file) {
-            for name in text.lines().filter(|l| !l.is_empty()) {
-                if named_shm::unlink(name).is_ok() {
-                    removed += 1;
-                }
+        let Ok(Some(bytes)) = named_shm::read_trusted(&file) else {
+            // Not ours to trust (or gone meanwhile): leave it alone.
+            continue;
+        };
+        for name in parse_ledger(&bytes) {
+            if named_shm::unlink(name).is_ok() {
+                removed += 1;
             }
         }
         let _ = named_shm::unlink(&file);
