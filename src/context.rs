@@ -30,7 +30,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -205,9 +205,20 @@ pub fn get_start_method() -> StartMethod {
     }
 }
 
-/// The start methods this platform offers (Python's `get_all_start_methods`).
+/// The start methods this platform offers (Python's `get_all_start_methods`), the default
+/// ([`get_start_method`]) first, as Python documents.
+///
+/// # Examples
+/// ```
+/// let all = multiprocess::get_all_start_methods();
+/// assert_eq!(all[0], multiprocess::get_start_method());
+/// assert_eq!(all.len(), 3);
+/// ```
 pub fn get_all_start_methods() -> Vec<StartMethod> {
-    StartMethod::ALL.to_vec()
+    let default = get_start_method();
+    std::iter::once(default)
+        .chain(StartMethod::ALL.into_iter().filter(|m| *m != default))
+        .collect()
 }
 
 /// A start method to create things with (Python's `get_context`): its methods make processes
@@ -680,16 +691,28 @@ fn launch_forkserver(
 
 fn run_bootstrap(value: &str) -> ! {
     UNCONSUMED_BOOTSTRAP.store(false, Ordering::Relaxed);
-    let parsed = value
-        .split_once(':')
-        .and_then(|(role, fd)| Some((role, fd.parse::<i32>().ok()?)));
-    let Some((role, fd)) = parsed else {
-        eprintln!("multiprocess: malformed {BOOTSTRAP_ENV}={value:?}");
-        sysproc::exit_now(1);
+    let (role, fd) = match parse_bootstrap(value) {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            eprintln!(
+                "multiprocess: this process was started with {BOOTSTRAP_ENV}={value:?}, which \
+                 is not a bootstrap of this crate ({why}); the variable is set only by \
+                 multiprocess for the children it starts. Exiting with status \
+                 {BAD_BOOTSTRAP_EXIT}."
+            );
+            sysproc::exit_now(BAD_BOOTSTRAP_EXIT);
+        }
     };
-    // SAFETY: the parent passed this descriptor open across exec for us alone.
-    #[allow(unsafe_code)]
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let owned = match socket::adopt_inherited_socket(fd) {
+        Ok(fd) => fd,
+        Err(why) => {
+            eprintln!(
+                "multiprocess: {BOOTSTRAP_ENV}={value:?} does not name this process's \
+                 bootstrap socket: {why}. Exiting with status {BAD_BOOTSTRAP_EXIT}."
+            );
+            sysproc::exit_now(BAD_BOOTSTRAP_EXIT);
+        }
+    };
     // Keep it from leaking into our own children's exec.
     let owned = match owned.try_clone() {
         Ok(dup) => dup,
@@ -697,13 +720,37 @@ fn run_bootstrap(value: &str) -> ! {
     };
     let conn = Connection::from_fd(owned, true, true);
     match role {
-        "spawn" => spawn_child_main(conn),
-        "forkserver" => forkserver_main(conn),
-        _ => {
-            eprintln!("multiprocess: unknown bootstrap role {role:?}");
-            sysproc::exit_now(1)
-        }
+        Role::Spawn => spawn_child_main(conn),
+        Role::ForkServer => forkserver_main(conn),
     }
+}
+
+/// The exit status of a process started with a `MULTIPROCESS_BOOTSTRAP` that is not one of
+/// the crate's (malformed, or naming a descriptor that is not a bootstrap socket).
+pub const BAD_BOOTSTRAP_EXIT: i32 = 121;
+
+enum Role {
+    Spawn,
+    ForkServer,
+}
+
+/// `spawn:<fd>` or `forkserver:<fd>`, with a descriptor number in decimal.
+fn parse_bootstrap(value: &str) -> Result<(Role, i32), String> {
+    let (role, fd) = value
+        .split_once(':')
+        .ok_or("expected ROLE:FD, such as spawn:5")?;
+    let role = match role {
+        "spawn" => Role::Spawn,
+        "forkserver" => Role::ForkServer,
+        _ => return Err(format!("unknown role {role:?}")),
+    };
+    if fd.is_empty() || !fd.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{fd:?} is not a descriptor number"));
+    }
+    let fd = fd
+        .parse::<i32>()
+        .map_err(|_| format!("{fd:?} is not a descriptor number"))?;
+    Ok((role, fd))
 }
 
 fn spawn_child_main(conn: Connection) -> ! {

@@ -215,3 +215,47 @@ pub(crate) fn neutralize(fd: std::os::fd::RawFd) {
 pub(crate) fn clear_cloexec(fd: impl AsFd) -> io::Result<()> {
     Ok(rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?)
 }
+
+/// Takes the descriptor number `fd` as the bootstrap socket a parent left open across exec
+/// for this process, after checking what a stray or forged number cannot fake: above the
+/// standard streams, open, and a Unix stream socket. A number that fails is not touched.
+pub(crate) fn adopt_inherited_socket(fd: i32) -> Result<OwnedFd, String> {
+    if fd <= 2 {
+        return Err(format!(
+            "descriptor {fd} is not a bootstrap socket (it must be above the standard streams)"
+        ));
+    }
+    // SAFETY: fcntl(F_GETFD) and fstat on any number are harmless: a closed one is EBADF.
+    let open = unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1;
+    if !open {
+        return Err(format!("descriptor {fd} is not open"));
+    }
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is valid for writes of one stat.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(format!("descriptor {fd} cannot be examined"));
+    }
+    // SAFETY: fstat succeeded, so it wrote `st`.
+    let st = unsafe { st.assume_init() };
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(format!("descriptor {fd} is not a socket"));
+    }
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `len` are valid for writes; the option's value is a c_int.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 || ty != libc::SOCK_STREAM {
+        return Err(format!("descriptor {fd} is not a stream socket"));
+    }
+    // SAFETY: the descriptor is open, and this process takes it over: the bootstrap
+    // protocol leaves it to the child alone, and nothing else in the process names it.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}

@@ -1,0 +1,95 @@
+//! What a process is started with is input too: a `MULTIPROCESS_BOOTSTRAP` that the crate did
+//! not write gets a clear message and a known exit status, never an abort; the variable is
+//! gone from the environment of the child once read, so programs it starts do not inherit it.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_mp-test-helper");
+
+fn env_has_bootstrap(_: ()) -> (bool, bool) {
+    let in_self = std::env::var_os("MULTIPROCESS_BOOTSTRAP").is_some();
+    let out = Command::new("env").output().expect("env runs");
+    let in_grandchild = String::from_utf8_lossy(&out.stdout).contains("MULTIPROCESS_BOOTSTRAP");
+    (in_self, in_grandchild)
+}
+
+#[test]
+fn a_forged_bootstrap_is_a_clear_error_not_an_abort() {
+    deadline(60, || {
+        for value in [
+            "spawn:-1",
+            "spawn:abc",
+            "spawn:99999",
+            "spawn:",
+            "spawn:+5",
+            "spawn:2147483648",
+            "forkserver:1",
+            "forkserver:0",
+            "garbage",
+            "",
+            "nosuchrole:5",
+            // A descriptor that is open but is a file, not a socket.
+            "spawn:3",
+        ] {
+            let file = std::fs::File::open("/proc/self/exe").unwrap();
+            let mut cmd = Command::new(HELPER);
+            cmd.arg("exit-status")
+                .arg("fork")
+                .env("MULTIPROCESS_BOOTSTRAP", value);
+            // For "spawn:3": make descriptor 3 of the helper a plain file.
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            // SAFETY: only dup2 (async-signal-safe) runs between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let out = cmd.output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(multiprocess::context::BAD_BOOTSTRAP_EXIT),
+                "{value:?}: {:?}, stderr: {stderr}",
+                out.status
+            );
+            assert!(
+                stderr.contains("MULTIPROCESS_BOOTSTRAP"),
+                "{value:?}: the message names the variable: {stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{value:?}: {stderr}");
+        }
+    });
+}
+
+#[test]
+fn the_bootstrap_variable_is_not_inherited_by_the_childs_own_children() {
+    deadline(60, || {
+        for m in METHODS {
+            let mut p = multiprocess::Process::builder()
+                .start_method(m)
+                .start(env_has_bootstrap, ())
+                .unwrap();
+            let (in_self, in_grandchild) = p.join_result().unwrap();
+            assert!(!in_self, "{m}: the child still has MULTIPROCESS_BOOTSTRAP");
+            assert!(
+                !in_grandchild,
+                "{m}: a program the child started inherited it"
+            );
+        }
+    });
+}
+
+#[test]
+fn the_default_start_method_comes_first() {
+    let all = multiprocess::get_all_start_methods();
+    assert_eq!(all[0], multiprocess::get_start_method());
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|m| m.to_string());
+    sorted.dedup();
+    assert_eq!(sorted.len(), 3, "{all:?}");
+}
