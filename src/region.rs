@@ -43,8 +43,17 @@ impl Region {
         Region::from_fd(self.fd.as_fd().try_clone_to_owned()?)
     }
 
-    /// Maps an existing memfd (its whole length).
+    /// Maps an existing memfd (its whole length), after checking that it is sealed against
+    /// shrinking, so no peer can truncate it under the mapping (see [`shm::memfd`]).
     pub(crate) fn from_fd(fd: OwnedFd) -> io::Result<Region> {
+        shm::check_sealed(fd.as_fd())?;
+        Region::from_unsealed_fd(fd)
+    }
+
+    /// Maps a file that cannot be sealed (a named block in `/dev/shm`): a process that can
+    /// open it can also truncate it, and then accesses past the new end raise SIGBUS, as with
+    /// Python's `SharedMemory` (documented on [`SharedMemory`](crate::SharedMemory)).
+    pub(crate) fn from_unsealed_fd(fd: OwnedFd) -> io::Result<Region> {
         let len = shm::file_len(fd.as_fd())?;
         let map = shm::Mapping::new(&fd, len)?;
         Ok(Region {

@@ -53,6 +53,15 @@ pub use value::{
 /// (atomic byte copies, sound whatever other processes do), or through
 /// [`as_ptr`](SharedMemory::as_ptr) with your own synchronization. Clones share one mapping.
 ///
+/// # Who can change its size
+/// An anonymous block is a memfd sealed against any change of size before it is shared, and a
+/// process that receives one checks the seal before mapping it: no process can truncate it
+/// under another's mapping. A **named** block is a file in `/dev/shm` and cannot be sealed:
+/// any process of your user that opens it can also shrink it (`ftruncate`), and then every
+/// process that touches its mapping past the new end is killed by SIGBUS, in this crate as in
+/// Python's `SharedMemory` and in C. Share names only with processes you trust; blocks are
+/// created with mode 0600, so other users cannot open them.
+///
 /// # Examples
 /// ```
 /// use multiprocess::{Process, SharedMemory};
@@ -207,7 +216,7 @@ impl SharedMemory {
                 return Err(e);
             }
         };
-        match Region::from_fd(fd) {
+        match Region::from_unsealed_fd(fd) {
             Ok(region) => Ok(SharedMemory::from_parts(
                 region,
                 Some(name.to_string()),
@@ -268,7 +277,7 @@ impl SharedMemory {
         let name = check_name(name)?;
         let fd = named_shm::open(name)?;
         Ok(SharedMemory::from_parts(
-            Region::from_fd(fd)?,
+            Region::from_unsealed_fd(fd)?,
             Some(name.to_string()),
             None,
         ))
@@ -441,9 +450,25 @@ impl Serialize for SharedMemory {
     }
 }
 
+/// A received descriptor, before it is known how to map it.
+struct ReceivedFd(std::os::fd::OwnedFd);
+
+impl<'de> Deserialize<'de> for ReceivedFd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::handle::fd::deserialize(d).map(ReceivedFd)
+    }
+}
+
 impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (name, region) = <(Option<String>, Region)>::deserialize(d)?;
+        let (name, ReceivedFd(fd)) = <(Option<String>, ReceivedFd)>::deserialize(d)?;
+        // An anonymous block is a sealed memfd, and must prove it; a named one cannot be
+        // sealed (see the type's notes on truncation).
+        let region = match &name {
+            None => Region::from_fd(fd),
+            Some(_) => Region::from_unsealed_fd(fd),
+        }
+        .map_err(|e| serde::de::Error::custom(format!("cannot map shared memory: {e}")))?;
         // The receiver attaches: it never owns the name.
         Ok(SharedMemory::from_parts(region, name, None))
     }

@@ -46,6 +46,18 @@ impl Drop for Forged {
     }
 }
 
+/// Makes the ledger-named entry `ledger` in /dev/shm with `make` under a staging name first,
+/// then renames it into place, so another test's concurrent `remove_orphans` never sees it
+/// half set up (as a root-owned regular file before its chown, say).
+fn plant(ledger: &str, make: impl FnOnce(&Path)) -> Forged {
+    let staging = Path::new(SHM).join(format!("mp-trust-staging-{ledger}"));
+    let _ = std::fs::remove_file(&staging);
+    make(&staging);
+    let dest = Path::new(SHM).join(ledger);
+    std::fs::rename(&staging, &dest).unwrap();
+    Forged(dest)
+}
+
 fn tmpdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("mp-trust-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -64,17 +76,13 @@ fn a_forged_ledger_cannot_reach_outside_dev_shm() {
         // that shows the ledger is read at all).
         let orphan =
             Victim::new(Path::new(SHM).join(format!("mp-trust-orphan-{}", std::process::id())));
-        let ledger = Forged(Path::new(SHM).join(dead_ledger(1)));
-        std::fs::write(
-            &ledger.0,
-            format!(
-                "{}\n{rel_name}\n/{}\n..\n.\n{}\n",
-                abs.0.display(),
-                rel.0.display(),
-                orphan.0.file_name().unwrap().to_str().unwrap()
-            ),
-        )
-        .unwrap();
+        let text = format!(
+            "{}\n{rel_name}\n/{}\n..\n.\n{}\n",
+            abs.0.display(),
+            rel.0.display(),
+            orphan.0.file_name().unwrap().to_str().unwrap()
+        );
+        let ledger = plant(&dead_ledger(1), |p| std::fs::write(p, &text).unwrap());
         remove_orphans().unwrap();
         assert!(
             abs.alive(),
@@ -85,8 +93,8 @@ fn a_forged_ledger_cannot_reach_outside_dev_shm() {
         assert!(!orphan.alive(), "the orphan's own name was not removed");
         assert!(!ledger.0.exists(), "the orphan's ledger was not removed");
         // SharedMemory::create runs the same clean-up.
-        let ledger = Forged(Path::new(SHM).join(dead_ledger(2)));
-        std::fs::write(&ledger.0, format!("{}\n{rel_name}\n", abs.0.display())).unwrap();
+        let text = format!("{}\n{rel_name}\n", abs.0.display());
+        let _ledger = plant(&dead_ledger(2), |p| std::fs::write(p, &text).unwrap());
         let block = SharedMemory::create_unique(64).unwrap();
         drop(block);
         assert!(
@@ -110,32 +118,39 @@ fn a_ledger_that_is_a_link_a_fifo_or_another_users_is_not_trusted() {
         // A symbolic link named like a ledger, to a text that lists v1.
         let text = dir.join("listing");
         std::fs::write(&text, name(&v1)).unwrap();
-        let link = Forged(Path::new(SHM).join(dead_ledger(3)));
-        std::os::unix::fs::symlink(&text, &link.0).unwrap();
+        let link = plant(&dead_ledger(3), |p| {
+            std::os::unix::fs::symlink(&text, p).unwrap()
+        });
 
         // A FIFO named like a ledger: opening it for reading must not block.
-        let fifo = Forged(Path::new(SHM).join(dead_ledger(4)));
-        let ok = std::process::Command::new("mkfifo")
-            .arg(&fifo.0)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mkfifo");
+        let _fifo = plant(&dead_ledger(4), |p| {
+            let ok = std::process::Command::new("mkfifo")
+                .arg(p)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mkfifo");
+        });
 
         // Another user's ledger listing v2 (the tests run as root, which can chown).
-        let other = Forged(Path::new(SHM).join(dead_ledger(5)));
-        std::fs::write(&other.0, name(&v2)).unwrap();
-        let chowned = std::process::Command::new("chown")
-            .args(["65534:65534"])
-            .arg(&other.0)
-            .status()
-            .is_ok_and(|s| s.success());
+        let mut chowned = false;
+        let _other = plant(&dead_ledger(5), |p| {
+            std::fs::write(p, name(&v2)).unwrap();
+            chowned = std::process::Command::new("chown")
+                .args(["65534:65534"])
+                .arg(p)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !chowned {
+                // Not root: an unowned ledger cannot be made; make it harmless instead.
+                std::fs::write(p, "").unwrap();
+            }
+        });
 
         // A ledger larger than any the crate writes, listing v3 first.
-        let huge = Forged(Path::new(SHM).join(dead_ledger(6)));
         let mut big = name(&v3).into_bytes();
         big.resize(2 << 20, b'\n');
-        std::fs::write(&huge.0, big).unwrap();
+        let _huge = plant(&dead_ledger(6), |p| std::fs::write(p, &big).unwrap());
 
         remove_orphans().unwrap();
         assert!(v1.alive(), "a symbolic-link ledger was followed");
@@ -205,5 +220,64 @@ fn a_file_planted_under_this_process_ledger_name_is_not_written_through() {
             );
         }
         let _ = std::fs::remove_dir_all(&dir);
+    });
+}
+
+/// In a child: tries to shrink the block it was given; returns the error number (0: shrank).
+fn try_shrink(block: SharedMemory) -> i32 {
+    use std::os::fd::{AsFd, AsRawFd};
+    // SAFETY: ftruncate on a descriptor the block owns; the mapping stays valid either way
+    // for this test's purpose (it is not touched afterwards).
+    let r = unsafe { libc::ftruncate(block.as_fd().as_raw_fd(), 0) };
+    if r == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
+}
+
+#[test]
+fn a_peer_cannot_shrink_an_anonymous_block() {
+    deadline(60, || {
+        for m in METHODS {
+            let block = SharedMemory::new(1 << 16).unwrap();
+            let mut p = multiprocess::Process::builder()
+                .start_method(m)
+                .start(try_shrink, block.clone())
+                .unwrap();
+            let errno = p.join_result().unwrap();
+            assert_eq!(
+                errno,
+                libc::EPERM,
+                "{m}: the peer's ftruncate was not refused"
+            );
+            // The block is whole: its last byte is still there.
+            block.write((1 << 16) - 1, &[7]).unwrap();
+            let mut b = [0u8];
+            block.read((1 << 16) - 1, &mut b).unwrap();
+            assert_eq!(b, [7], "{m}");
+        }
+    });
+}
+
+#[test]
+fn an_unsealed_memfd_is_not_accepted_as_a_block() {
+    use multiprocess::handle::SharedFd;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    deadline(60, || {
+        // A peer sends a plain memfd (no seals) where a block is expected.
+        // SAFETY: memfd_create with a valid C string; the result is owned below.
+        let raw = unsafe { libc::memfd_create(c"forged".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(raw >= 0);
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: as above, on the descriptor just made.
+        assert_eq!(unsafe { libc::ftruncate(raw, 4096) }, 0);
+        let (a, b) = multiprocess::Pipe::new().unwrap();
+        a.send(&(None::<String>, SharedFd::from(fd))).unwrap();
+        // An error, never a mapping of a file the peer can truncate. (The wire format keeps no
+        // custom message yet, so the error says only that the message did not decode.)
+        let e = b.recv::<SharedMemory>().unwrap_err();
+        assert!(e.to_string().contains("SharedMemory"), "{e}");
     });
 }

@@ -6,15 +6,43 @@ use std::ptr::NonNull;
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
-use rustix::fs::MemfdFlags;
+use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 use rustix::thread::futex;
 
-/// An anonymous shared-memory file of `len` bytes (zero-filled), close-on-exec.
+/// The seals every memfd of the crate carries before it is shared: its size can change no
+/// more (a peer that shrank it would make every other process's access past the new end a
+/// SIGBUS), and no other seal can be added (a peer could forbid writing).
+const SIZE_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+/// An anonymous shared-memory file of `len` bytes (zero-filled), close-on-exec, sealed
+/// against any change of size (see [`SIZE_SEALS`]).
 pub(crate) fn memfd(name: &str, len: usize) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?;
+    let fd = rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, len as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS)?;
     Ok(fd)
+}
+
+/// Checks that a received descriptor is a memfd that cannot shrink (sealed as [`memfd`]
+/// seals), so mapping its current length is safe for as long as the mapping lives.
+pub(crate) fn check_sealed(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a received shared-memory descriptor is not a sealable memfd ({e})"),
+        )
+    })?;
+    if !seals.contains(SealFlags::SHRINK) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a received shared-memory descriptor is not sealed against shrinking: a peer \
+             could truncate it under our mapping",
+        ));
+    }
+    Ok(())
 }
 
 /// The size of the file behind `fd`.
