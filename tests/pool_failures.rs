@@ -401,3 +401,21 @@ fn a_result_whose_decoding_panics_fails_its_items_only() {
         }
     });
 }
+
+#[test]
+fn maxtasksperchild_zero_is_refused_before_any_worker_starts() {
+    deadline(30, || {
+        for m in METHODS {
+            let before = multiprocess::active_children().len();
+            let e = multiprocess::Pool::builder()
+                .processes(2)
+                .maxtasksperchild(0)
+                .start_method(m)
+                .build()
+                .unwrap_err();
+            assert!(e.is_misuse(), "{m}: {e}");
+            assert!(e.to_string().contains("maxtasksperchild"), "{m}: {e}");
+            assert_eq!(multiprocess::active_children().len(), before, "{m}");
+        }
+    });
+}

@@ -113,12 +113,16 @@ impl std::fmt::Debug for Pool {
 /// # Examples
 /// ```
 /// use multiprocess::{Pool, StartMethod};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+///
+/// // Per-worker state that the initializer sets up (each worker is its own process).
+/// static LEVEL: AtomicU32 = AtomicU32::new(0);
 ///
 /// fn setup(level: u32) {
-///     std::env::set_var("LEVEL", level.to_string());
+///     LEVEL.store(level, Ordering::Relaxed);
 /// }
 /// fn level(_: ()) -> String {
-///     std::env::var("LEVEL").unwrap_or_default()
+///     LEVEL.load(Ordering::Relaxed).to_string()
 /// }
 ///
 /// let pool = Pool::builder()
@@ -166,7 +170,9 @@ impl Builder {
     }
 
     /// Each worker runs at most `n` units of work (tasks, or chunks of a map), then is
-    /// replaced by a fresh process (Python's `maxtasksperchild`).
+    /// replaced by a fresh process (Python's `maxtasksperchild`). `n` must be at least 1:
+    /// [`build`](Self::build) refuses 0, as Python does (a worker that may run nothing would
+    /// be replaced without end).
     pub fn maxtasksperchild(mut self, n: u64) -> Self {
         self.maxtasks = Some(n);
         self
@@ -200,7 +206,8 @@ impl Builder {
     /// Starts the workers and waits until each has run the initializer.
     ///
     /// # Errors
-    /// Zero processes ([`PoolError::is_misuse`]); a worker could not be started; the
+    /// Zero processes or a `maxtasksperchild` of 0 ([`PoolError::is_misuse`]); a worker
+    /// could not be started; the
     /// initializer failed ([`PoolError::is_initializer_failure`]): then every worker started
     /// has been stopped, and no more than `processes` were started.
     pub fn build(self) -> Result<Pool, PoolError> {
@@ -208,6 +215,13 @@ impl Builder {
         if processes == 0 {
             return Err(PoolError::new(Kind::Invalid(
                 "a pool needs at least one process".into(),
+            )));
+        }
+        if self.maxtasks == Some(0) {
+            return Err(PoolError::new(Kind::Invalid(
+                "maxtasksperchild must be at least 1 (as in Python): a worker allowed no task \
+                 would be replaced without end"
+                    .into(),
             )));
         }
         let init = self.init.transpose()?;
