@@ -470,6 +470,13 @@ fn launch_spawn(entry: i64, args: &Encoded, info: ChildInfo) -> Result<Launched,
 /// parent's end of that socket and the child's pid.
 fn exec_self(role: &str, die_with_parent: bool) -> io::Result<(Connection, i32)> {
     let (parent_end, child_end) = socket::socketpair()?;
+    // Above the standard streams (one of them may be closed in this process), which the
+    // child keeps, and where its bootstrap check expects it.
+    let child_end = if child_end.as_raw_fd() <= 2 {
+        rustix::io::fcntl_dupfd_cloexec(&child_end, 3)?
+    } else {
+        child_end
+    };
     let child_fd = child_end.as_raw_fd();
     let parent_pid = sysproc::getpid();
     let argv0 = std::env::args_os()
@@ -487,6 +494,9 @@ fn exec_self(role: &str, die_with_parent: bool) -> io::Result<(Connection, i32)>
             // SAFETY: `child_fd` is open in the parent, so in this copy of it.
             let fd = std::os::fd::BorrowedFd::borrow_raw(child_fd);
             socket::clear_cloexec(fd)?;
+            // Only stdio and the bootstrap socket reach the new program: descriptors the
+            // parent left inheritable (not close-on-exec) do not leak into it.
+            sysproc::close_other_fds(child_fd);
             if die_with_parent && !sysproc::die_with_parent(parent_pid) {
                 return Err(io::Error::other("the parent exited during spawn"));
             }
@@ -810,6 +820,8 @@ fn forkserver_main(ctl: Connection) -> ! {
             sysproc::exit_now(1)
         }
     };
+    // After `signals` saved the mask its children get back (see `block_sigint`).
+    sysproc::block_sigint(true);
     if ctl
         .send(&Status::Started {
             pid: sysproc::getpid(),
@@ -877,6 +889,7 @@ fn forkserver_main(ctl: Connection) -> ! {
         match unsafe { sysproc::fork() } {
             Ok(sysproc::Forked::Child) => {
                 signals.restore_mask();
+                sysproc::block_sigint(false);
                 drop(signals);
                 drop(ctl);
                 drop(children);

@@ -93,3 +93,49 @@ fn the_default_start_method_comes_first() {
     sorted.dedup();
     assert_eq!(sorted.len(), 3, "{all:?}");
 }
+
+fn parent_pid(_: ()) -> i32 {
+    // SAFETY: getppid has no preconditions.
+    unsafe { libc::getppid() }
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn the_fork_server_ignores_sigint_and_its_children_do_not() {
+    use multiprocess::StartMethod::ForkServer;
+    deadline(60, || {
+        let mut p = multiprocess::Process::builder()
+            .start_method(ForkServer)
+            .start(parent_pid, ())
+            .unwrap();
+        let server = p.join_result().unwrap();
+        // Ctrl-C in a terminal reaches the whole process group, the fork server included.
+        // SAFETY: kill with a pid and a signal number.
+        assert_eq!(unsafe { libc::kill(server, libc::SIGINT) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        // SAFETY: as above, signal 0 only checks.
+        let alive = unsafe { libc::kill(server, 0) } == 0;
+        assert!(alive, "SIGINT ended the fork server");
+        let mut p = multiprocess::Process::builder()
+            .start_method(ForkServer)
+            .start(parent_pid, ())
+            .unwrap();
+        assert_eq!(
+            p.join_result().unwrap(),
+            server,
+            "a new fork server was started"
+        );
+        // Its children have SIGINT's default action again.
+        let mut c = multiprocess::Process::builder()
+            .start_method(ForkServer)
+            .start(sleep_long, ())
+            .unwrap();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::kill(c.pid().unwrap(), libc::SIGINT) }, 0);
+        c.join_timeout(std::time::Duration::from_secs(10)).unwrap();
+        assert_eq!(c.exitcode(), Some(-libc::SIGINT));
+    });
+}

@@ -137,6 +137,58 @@ pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
     getppid() == expected_parent
 }
 
+/// Closes every descriptor from 3 up except `keep`, so that a program about to be executed
+/// holds only the standard streams and the one the crate passes. `close_range(2)` (Linux
+/// 5.9+), or a loop up to the descriptor limit where it is missing. Async-signal-safe: for
+/// use between fork and exec.
+pub(crate) fn close_other_fds(keep: i32) {
+    fn close_range(first: u32, last: u32) {
+        // SAFETY: close_range takes any numbers; closing descriptors this copy of the process
+        // holds, between fork and exec, affects nothing the parent owns.
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if r != 0 {
+            // ENOSYS (an older kernel): close one by one, up to the limit.
+            let mut lim = std::mem::MaybeUninit::<libc::rlimit>::uninit();
+            // SAFETY: `lim` is valid for writes of one rlimit.
+            let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) } == 0 {
+                // SAFETY: getrlimit succeeded, so it wrote `lim`.
+                unsafe { lim.assume_init() }.rlim_cur.min(1 << 20) as u32
+            } else {
+                1 << 16
+            };
+            for fd in first..=last.min(max) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd as i32) };
+            }
+        }
+    }
+    let keep = keep.max(0) as u32;
+    if keep > 3 {
+        close_range(3, keep - 1);
+    }
+    close_range(keep.max(2) + 1, u32::MAX);
+}
+
+/// Blocks (`block`) or unblocks SIGINT for the calling thread. The fork server blocks it, so
+/// that Ctrl-C, which reaches the whole foreground process group, does not end it (Python's
+/// fork server ignores SIGINT); its children unblock it once they run, and a SIGINT sent to a
+/// child before then stays pending and is delivered at that moment, with its default action
+/// (an ignored signal would have been lost instead).
+pub(crate) fn block_sigint(block: bool) {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initializes `set`; sigaddset and pthread_sigmask read it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        let how = if block {
+            libc::SIG_BLOCK
+        } else {
+            libc::SIG_UNBLOCK
+        };
+        libc::pthread_sigmask(how, set.as_ptr(), std::ptr::null_mut());
+    }
+}
+
 /// The number of threads of this process, from `/proc/self/status`.
 pub(crate) fn thread_count() -> Option<usize> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
