@@ -95,10 +95,18 @@ fn holdings() -> Holdings {
         .filter(|f| !f.contains("/fd"))
         .collect();
     fds.sort();
+    // This suite's blocks, and ledgers of processes that are gone (other processes' live
+    // ledgers are theirs; a dead one is an orphan that clean-up missed).
+    let mine = format!("mp-fault-{}-", std::process::id());
     let shm = std::fs::read_dir("/dev/shm")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("mp-fault") || n.starts_with("multiprocess"))
+        .filter(|n| {
+            n.starts_with(&mine)
+                || n.strip_prefix("multiprocess-ledger.")
+                    .and_then(|r| r.split('.').next())
+                    .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
         .count();
     let me = std::process::id().to_string();
     let zombies = std::fs::read_dir("/proc")
