@@ -319,10 +319,12 @@ impl<T: Pod> Value<T> {
         wrap(self.guard(), how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over,
+    /// as `lock` does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -333,10 +335,9 @@ impl<T: Pod> Value<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
-        if self.cells.raw_lock().try_lock() {
-            Ok(self.guard())
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.cells.raw_lock().try_lock() {
+            Some(how) => wrap(self.guard(), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 
@@ -541,10 +542,12 @@ impl<T: Pod> Array<T> {
         wrap(self.guard(), how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over,
+    /// as `lock` does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -553,10 +556,9 @@ impl<T: Pod> Array<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
-        if self.cells.raw_lock().try_lock() {
-            Ok(self.guard())
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.cells.raw_lock().try_lock() {
+            Some(how) => wrap(self.guard(), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 

@@ -177,10 +177,12 @@ impl Condition {
         self.guard(how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over, as
+    /// [`lock`](Condition::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -190,10 +192,9 @@ impl Condition {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ConditionGuard<'_>> {
-        if self.raw().try_lock() {
-            self.guard(Acquired::Clean).map_err(TryLockError::from)
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.raw().try_lock() {
+            Some(how) => self.guard(how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 

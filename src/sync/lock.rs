@@ -101,10 +101,12 @@ impl Lock {
         }
     }
 
-    /// Locks if the lock is free, without waiting (Python's `acquire(block=False)`).
+    /// Locks if the lock is free, without waiting (Python's `acquire(block=False)`). A lock
+    /// whose holder died is taken over, as [`lock`](Lock::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -115,10 +117,9 @@ impl Lock {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
-        if self.raw().try_lock() {
-            Ok(LockGuard::new(self.raw()))
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.raw().try_lock() {
+            Some(how) => wrap(LockGuard::new(self.raw()), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 
@@ -143,7 +144,8 @@ impl Lock {
         }
     }
 
-    /// Whether someone holds the lock (Python's `locked()`).
+    /// Whether someone holds the lock (Python's `locked()`). A holder that died holding it
+    /// does not count: its lock is free for the next locker, which takes it over.
     ///
     /// # Examples
     /// ```
@@ -153,7 +155,7 @@ impl Lock {
     /// ```
     #[doc(alias = "locked")]
     pub fn is_locked(&self) -> bool {
-        self.raw().holder() != 0
+        self.raw().is_held()
     }
 }
 
@@ -271,12 +273,7 @@ impl RLock {
             return Some(Acquired::Clean);
         }
         let how = match deadline {
-            None => {
-                if !raw.try_lock() {
-                    return None;
-                }
-                Acquired::Clean
-            }
+            None => raw.try_lock()?,
             Some(d) => raw.lock(d)?,
         };
         self.count_word().store(1, Ordering::Relaxed);
@@ -302,10 +299,12 @@ impl RLock {
         wrap(RLockGuard::new(self), how)
     }
 
-    /// Locks if it is free or already held by this thread, without waiting.
+    /// Locks if it is free or already held by this thread, without waiting. A lock whose
+    /// holder died is taken over, as [`lock`](RLock::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when another thread holds it.
+    /// [`TryLockError::WouldBlock`] when another live thread holds it,
+    /// [`TryLockError::OwnerDied`] (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
