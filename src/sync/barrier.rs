@@ -11,6 +11,9 @@
 //! | 36 | `AtomicU32` | `broken`: why the barrier is broken (0: it is not) |
 //! | 40 | `AtomicU32` | `history`: bit `g % 32` set when round `g` ended broken |
 //! | 44 | `AtomicU32` | `dead`: thread id of the party found dead, if any |
+//! | 48 | `AtomicU32` | `round`: the generation of the last round that ended broken |
+//! | 52 | `AtomicU32` | `round_why`: why that round broke (kept when `reset` clears `broken`) |
+//! | 56 | `AtomicU32` | `round_dead`: the dead party that broke it, if any |
 //! | 64 | `[AtomicU64; parties]` | the identity (thread id, start time) of each party waiting in this round, in arrival order |
 //!
 //! # Protocol
@@ -25,7 +28,10 @@
 //! round too, as in Python. The last party checks the recorded parties the same way before
 //! it ends the round (one `/proc` read per party per round), and breaks it instead if one is
 //! dead. Breaking sets `broken`, the round's `history` bit, `dead` when a
-//! party died, bumps `generation` and wakes everyone.
+//! party died, `round`/`round_why`/`round_dead`, bumps `generation` and wakes everyone. A
+//! released waiter of a broken round reports `round_why` when `round` is its round (so the
+//! waiters released by `reset`, which clears `broken` at once, are told it was a reset), else
+//! the current `broken`.
 
 use std::fmt;
 use std::io;
@@ -44,6 +50,9 @@ const PARTIES: usize = COUNT + 4;
 const BROKEN: usize = PARTIES + 4;
 const HISTORY: usize = BROKEN + 4;
 const DEAD: usize = HISTORY + 4;
+const ROUND: usize = DEAD + 4;
+const ROUND_WHY: usize = ROUND + 4;
+const ROUND_DEAD: usize = ROUND_WHY + 4;
 const SLOTS: usize = 64;
 
 const ABORTED: u32 = 1;
@@ -150,6 +159,9 @@ impl Barrier {
         }
         self.word(HISTORY)
             .fetch_or(1 << (g % 32), Ordering::Relaxed);
+        self.word(ROUND).store(g, Ordering::Relaxed);
+        self.word(ROUND_WHY).store(why, Ordering::Relaxed);
+        self.word(ROUND_DEAD).store(dead, Ordering::Relaxed);
         self.word(COUNT).store(0, Ordering::Relaxed);
         generation.store(g.wrapping_add(1), Ordering::Release);
         futex_wake(generation, WAKE_ALL);
@@ -159,6 +171,18 @@ impl Barrier {
         BarrierError {
             why: self.word(BROKEN).load(Ordering::Relaxed),
             dead: self.word(DEAD).load(Ordering::Relaxed),
+        }
+    }
+
+    /// Why round `g` ended broken (the lock is held).
+    fn round_error(&self, g: u32) -> BarrierError {
+        if self.word(ROUND).load(Ordering::Relaxed) == g {
+            BarrierError {
+                why: self.word(ROUND_WHY).load(Ordering::Relaxed),
+                dead: self.word(ROUND_DEAD).load(Ordering::Relaxed),
+            }
+        } else {
+            self.error()
         }
     }
 
@@ -252,7 +276,7 @@ impl Barrier {
             if generation.load(Ordering::Acquire) != g {
                 self.lock();
                 let broken = self.word(HISTORY).load(Ordering::Relaxed) & (1 << (g % 32)) != 0;
-                let e = self.error();
+                let e = self.round_error(g);
                 self.raw().unlock();
                 return if broken { Err(e) } else { Ok(index) };
             }
@@ -294,7 +318,8 @@ impl Barrier {
         self.raw().unlock();
     }
 
-    /// Makes the barrier whole again; parties waiting now get an error.
+    /// Makes the barrier whole again; parties waiting now get an error whose
+    /// [`is_reset`](BarrierError::is_reset) is true (Python's `BrokenBarrierError`).
     ///
     /// # Examples
     /// ```
