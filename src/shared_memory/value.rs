@@ -267,6 +267,13 @@ pub struct Value<T> {
 serde_impls!(Value, Pod, LOCKED, Some(1));
 
 impl<T: Pod> Value<T> {
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.cells.tagged.word_at(offset)
+    }
+
     /// A new shared value holding `value`.
     ///
     /// # Errors
@@ -450,6 +457,13 @@ pub struct Array<T> {
 serde_impls!(Array, Pod, LOCKED, None);
 
 impl<T: Pod> Array<T> {
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.cells.tagged.word_at(offset)
+    }
+
     /// A new array of `len` zeros.
     ///
     /// # Errors

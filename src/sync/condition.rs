@@ -137,6 +137,13 @@ impl Condition {
         })
     }
 
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
+
     fn raw(&self) -> &RawLock {
         match &self.lock {
             Some(l) => l.raw(),

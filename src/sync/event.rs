@@ -85,6 +85,13 @@ impl Event {
         Ok(Event { tagged })
     }
 
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
+
     fn word(&self, offset: usize) -> &AtomicU32 {
         self.tagged.region.get(offset)
     }

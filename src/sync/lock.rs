@@ -4,7 +4,8 @@
 //! `Lock`: offset 0 the magic `"mLk1"` (`u32`), offset 8 a [`RawLock`] (16 bytes).
 //! `RLock`: offset 0 the magic `"mRl1"`, offset 8 a [`RawLock`], offset 24 the recursion count
 //! (`AtomicU32`), read and written only by the holder (`Relaxed`: the lock orders it), and reset
-//! to 1 by a locker that takes the lock over from a dead holder.
+//! to 1 by a locker that takes the lock over from a dead holder. Another process may write it:
+//! re-entry saturates instead of overflowing, and leaving stops at 0.
 
 use std::fmt;
 use std::io;
@@ -157,6 +158,13 @@ impl Lock {
     pub fn is_locked(&self) -> bool {
         self.raw().is_held()
     }
+
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
 }
 
 pub(crate) fn wrap<G>(guard: G, how: Acquired) -> LockResult<G> {
@@ -256,6 +264,13 @@ impl RLock {
         Ok(RLock { tagged })
     }
 
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
+
     fn raw(&self) -> &RawLock {
         self.tagged.region.get(BODY)
     }
@@ -269,7 +284,11 @@ impl RLock {
         let raw = self.raw();
         if raw.held_by_me() {
             let c = self.count_word();
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            // Saturating: the word is shared, and another process may have written anything.
+            c.store(
+                c.load(Ordering::Relaxed).saturating_add(1),
+                Ordering::Relaxed,
+            );
             return Some(Acquired::Clean);
         }
         let how = match deadline {

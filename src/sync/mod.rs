@@ -278,6 +278,15 @@ impl Tagged {
         })
     }
 
+    /// Test support: the aligned `u32` at `offset` of the region, `None` past its end.
+    pub(crate) fn word_at(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        let fits = offset % 4 == 0
+            && offset
+                .checked_add(4)
+                .is_some_and(|e| e <= self.region.len());
+        fits.then(|| self.region.get(offset))
+    }
+
     pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.region.serialize(serializer)
     }

@@ -179,6 +179,14 @@ macro_rules! semaphore_api {
             pub fn value(&self) -> u32 {
                 self.core.value()
             }
+
+            /// Test support: the `u32` word at byte `offset` of the shared region (layout in
+            /// the sources), as any process holding the region could write it; `None` past
+            /// its end.
+            #[doc(hidden)]
+            pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+                self.core.tagged.word_at(offset)
+            }
         }
     };
 }
