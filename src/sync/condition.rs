@@ -16,6 +16,10 @@
 //! follows the waiter's read of `seq` always ends its wait. As with std's `Condvar`, a waiter
 //! may also wake without a notify (and a notify may end the wait of a waiter that had not yet
 //! gone to sleep), so wait for a predicate: [`ConditionGuard::wait_while`].
+//!
+//! Another process holding the region may write any word: `seq` and `sleepers` only decide
+//! whether to sleep and whom to wake (wrapping arithmetic, no index), so garbage there costs
+//! spurious wake-ups or wake-up calls; the lock word is handled as every [`RawLock`] is.
 
 use std::fmt;
 use std::io;
@@ -334,7 +338,9 @@ impl ConditionGuard<'_> {
         }
     }
 
-    /// Like [`wait`](Self::wait), for at most `timeout`.
+    /// Like [`wait`](Self::wait), for at most `timeout`. The timeout bounds the wait for a
+    /// notify; taking the lock back afterwards waits as long as a live holder keeps it (as
+    /// with std's `Condvar` and Python's `Condition`), since the guard must hold it again.
     ///
     /// # Errors
     /// As [`wait`](Self::wait).

@@ -18,6 +18,10 @@
 //!
 //! A count taken by a process that dies is not given back: a semaphore does not know its
 //! holders (neither does Python's).
+//!
+//! Another process holding the region may write any word: a count at or above `max` makes
+//! `release` an error (a count above `max` is still taken by `acquire`), `sleepers` is only
+//! a hint (wrapping), and a count of 0 makes a timed `acquire` end at its timeout.
 
 use std::fmt;
 use std::io;
