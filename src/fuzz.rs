@@ -24,3 +24,10 @@ pub fn ledger(data: &[u8]) {
         );
     }
 }
+
+/// The header check of a received `Value`/`Array`/raw/atomic value (magic, element size and
+/// alignment, length against the region's size), over the 40 header bytes of the layout
+/// followed by the region's length (8 bytes, little-endian).
+pub fn value_header(data: &[u8]) {
+    crate::shared_memory::value::fuzz_header(data);
+}

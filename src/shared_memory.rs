@@ -37,7 +37,7 @@ use crate::region::Region;
 use crate::sys::named_shm;
 use crate::sys::sync::{current_process, thread_alive};
 
-mod value;
+pub(crate) mod value;
 
 pub use bytemuck::{Pod, Zeroable};
 pub use value::{

@@ -134,3 +134,37 @@ fn a_party_killed_while_waiting_breaks_the_barrier_and_survivors_are_told() {
         }
     });
 }
+
+fn wait_and_tell(b: Barrier) -> Result<u32, (bool, bool, bool)> {
+    b.wait_timeout(Duration::from_secs(30))
+        .map_err(|e| (e.is_reset(), e.is_timeout(), e.is_aborted()))
+}
+
+/// Regression: `is_reset` was never true, because `reset` cleared the reason before the
+/// waiters it released could read it.
+#[test]
+fn waiters_released_by_reset_are_told_it_was_a_reset() {
+    deadline(60, || {
+        for m in METHODS {
+            let b = Barrier::new(3).unwrap();
+            let mut ps: Vec<_> = (0..2)
+                .map(|_| {
+                    Process::builder()
+                        .start_method(m)
+                        .start(wait_and_tell, b.clone())
+                        .unwrap()
+                })
+                .collect();
+            assert!(eventually(20, || b.n_waiting() == 2), "{m}");
+            b.reset();
+            for p in &mut ps {
+                assert_eq!(p.join_result().unwrap(), Err((true, false, false)), "{m}");
+            }
+            assert!(!b.is_broken(), "{m}");
+            // Whole again: a timeout now says timeout, not reset.
+            let e = b.wait_timeout(Duration::from_millis(20)).unwrap_err();
+            assert!(e.is_timeout() && !e.is_reset(), "{m}: {e}");
+            b.reset();
+        }
+    });
+}

@@ -276,3 +276,125 @@ fn a_thread_that_ends_holding_a_lock_releases_it_to_the_next_locker() {
         assert!(lock.lock().is_ok());
     });
 }
+
+/// Starts `hold` on `object` in a child, waits until it holds the lock, kills and reaps it;
+/// the dead holder's pid.
+fn killed_holder_then<T, F>(m: multiprocess::StartMethod, object: T, hold: F) -> u32
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    F: Fn((T, Event)) + Copy + Send + Sync + 'static,
+{
+    let held = Event::new().unwrap();
+    let mut holder = Process::builder()
+        .start_method(m)
+        .start(hold, (object, held.clone()))
+        .unwrap();
+    assert!(held.wait_timeout(Duration::from_secs(20)), "{m}");
+    holder.kill().unwrap();
+    holder.join().unwrap();
+    holder.pid().unwrap() as u32
+}
+
+fn hold_array_forever((a, held): (multiprocess::Array<u32>, Event)) {
+    let mut g = a.lock().unwrap_or_else(OwnerDied::into_inner);
+    g[0] = 7;
+    held.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+fn hold_condition_forever((c, held): (multiprocess::Condition, Event)) {
+    let _g = c.lock().unwrap_or_else(OwnerDied::into_inner);
+    held.set();
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Regression: `try_lock` and `is_locked` used to ignore a dead holder (a killed holder's
+/// lock stayed locked for every `try_lock`, and `is_locked` stayed true, forever).
+#[test]
+fn try_lock_and_is_locked_recover_a_killed_holder_of_every_lock() {
+    deadline(180, || {
+        for m in METHODS {
+            let lock = Lock::new().unwrap();
+            let dead = killed_holder_then(m, lock.clone(), hold_lock_forever);
+            assert!(
+                !lock.is_locked(),
+                "{m}: a dead holder does not hold the lock"
+            );
+            match lock.try_lock() {
+                Err(TryLockError::OwnerDied(d)) => assert_eq!(d.previous_owner(), dead, "{m}"),
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+            assert!(lock.try_lock().is_ok(), "{m}: released, then plain");
+
+            let r = RLock::new().unwrap();
+            let dead = killed_holder_then(m, r.clone(), hold_rlock_forever);
+            match r.try_lock() {
+                Err(TryLockError::OwnerDied(d)) => {
+                    assert_eq!(d.previous_owner(), dead, "{m}");
+                    assert_eq!(r.count(), 1, "{m}");
+                }
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+            assert!(!r.is_owned());
+
+            let v = Value::new(0u64).unwrap();
+            let dead = killed_holder_then(m, v.clone(), hold_value_forever);
+            match v.try_lock() {
+                Err(TryLockError::OwnerDied(d)) => {
+                    assert_eq!(d.previous_owner(), dead, "{m}");
+                    assert_eq!(**d.get_ref(), 99, "{m}");
+                }
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+
+            let a = multiprocess::Array::<u32>::new(2).unwrap();
+            let dead = killed_holder_then(m, a.clone(), hold_array_forever);
+            match a.try_lock() {
+                Err(TryLockError::OwnerDied(d)) => {
+                    assert_eq!(d.previous_owner(), dead, "{m}");
+                    assert_eq!(d.get_ref()[0], 7, "{m}");
+                }
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+
+            let c = multiprocess::Condition::new().unwrap();
+            let dead = killed_holder_then(m, c.clone(), hold_condition_forever);
+            match c.try_lock() {
+                Err(TryLockError::OwnerDied(d)) => assert_eq!(d.previous_owner(), dead, "{m}"),
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+        }
+    });
+}
+
+/// Regression: a timed lock whose timeout is shorter than the liveness slice (here zero)
+/// used to give up without looking at the holder.
+#[test]
+fn a_short_timed_lock_recovers_a_killed_holder() {
+    deadline(120, || {
+        for m in METHODS {
+            let lock = Lock::new().unwrap();
+            let dead = killed_holder_then(m, lock.clone(), hold_lock_forever);
+            match lock.lock_timeout(Duration::ZERO) {
+                Err(TryLockError::OwnerDied(d)) => assert_eq!(d.previous_owner(), dead, "{m}"),
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+            let v = Value::new(0u64).unwrap();
+            let dead = killed_holder_then(m, v.clone(), hold_value_forever);
+            match v.lock_timeout(Duration::from_millis(1)) {
+                Err(TryLockError::OwnerDied(d)) => assert_eq!(d.previous_owner(), dead, "{m}"),
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+            let c = multiprocess::Condition::new().unwrap();
+            let dead = killed_holder_then(m, c.clone(), hold_condition_forever);
+            match c.lock_timeout(Duration::ZERO) {
+                Err(TryLockError::OwnerDied(d)) => assert_eq!(d.previous_owner(), dead, "{m}"),
+                other => panic!("{m}: expected OwnerDied, got {other:?}"),
+            };
+        }
+    });
+}

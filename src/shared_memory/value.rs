@@ -49,6 +49,99 @@ fn data_offset(align: usize) -> usize {
     64usize.next_multiple_of(align.max(1))
 }
 
+fn what(kind: u32) -> &'static str {
+    match kind {
+        LOCKED => "shared value",
+        RAW => "raw shared value",
+        _ => "shared atomic",
+    }
+}
+
+/// The header of a received value's region, as read once from the shared words (any
+/// process holding the region may have written them).
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    magic: u32,
+    size: u32,
+    align: u32,
+    len: u64,
+}
+
+impl Header {
+    /// Checks the header against the kind and the receiver's `T` (`name`, `size`, `align`),
+    /// and that the data fits a region of `region_len` bytes; the number of elements.
+    fn check(
+        &self,
+        kind: u32,
+        region_len: usize,
+        name: &str,
+        size: usize,
+        align: usize,
+        exact_len: Option<usize>,
+    ) -> Result<usize, String> {
+        let what = what(kind);
+        if self.magic != kind {
+            return Err(format!(
+                "the received shared memory is not a {what} of this version of multiprocess"
+            ));
+        }
+        let (got_size, got_align) = (self.size as usize, self.align as usize);
+        if got_size != size || got_align != align {
+            return Err(format!(
+                "the received {what} does not hold `{name}` (element size {got_size}, \
+                 alignment {got_align})"
+            ));
+        }
+        let len = usize::try_from(self.len).ok();
+        let fits = len
+            .and_then(|n| size.checked_mul(n))
+            .and_then(|b| b.checked_add(data_offset(align)))
+            .is_some_and(|end| end <= region_len);
+        let (Some(len), true) = (len, fits) else {
+            return Err(format!(
+                "the received {what} is malformed: its length ({} elements of {size} bytes) \
+                 does not fit its shared memory ({region_len} bytes)",
+                self.len
+            ));
+        };
+        if exact_len.is_some_and(|l| l != len) {
+            return Err(format!("the received {what} holds {len} elements, not 1"));
+        }
+        Ok(len)
+    }
+}
+
+/// Fuzz entry (`multiprocess::fuzz::value_header`): the header check of a received value
+/// over arbitrary bytes: the 40 header bytes of the layout, then the region's length (8
+/// bytes, little-endian; 4096 when absent). Never panics.
+pub(crate) fn fuzz_header(data: &[u8]) {
+    let word = |at: usize| {
+        data.get(at..at + 4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let header = Header {
+        magic: word(0),
+        size: word(SIZE),
+        align: word(ALIGN),
+        len: u64::from(word(LEN)) | (u64::from(word(LEN + 4)) << 32),
+    };
+    let region_len = data.get(40..48).map_or(4096, |b| {
+        let mut w = [0; 8];
+        w.copy_from_slice(b);
+        u64::from_le_bytes(w) as usize
+    });
+    for kind in [LOCKED, RAW, ATOMIC] {
+        for (size, align) in [(1, 1), (4, 4), (8, 8), (3, 1), (16, 16), (0, 1)] {
+            for exact in [None, Some(1)] {
+                if let Ok(len) = header.check(kind, region_len, "T", size, align, exact) {
+                    // What the receiver then maps: within the region.
+                    assert!(data_offset(align) + size * len <= region_len);
+                }
+            }
+        }
+    }
+}
+
 /// The region of a typed value, and where its data is.
 struct Cells<T> {
     tagged: Tagged,
@@ -87,29 +180,22 @@ impl<T> Cells<T> {
     }
 
     fn check(region: Region, kind: u32, exact_len: Option<usize>) -> Result<Cells<T>, String> {
-        let what = match kind {
-            LOCKED => "shared value",
-            RAW => "raw shared value",
-            _ => "shared atomic",
-        };
-        let tagged = Tagged::check(region, kind, 64, what)?;
+        let tagged = Tagged::check(region, kind, 64, what(kind))?;
         let r = &tagged.region;
-        let size = r.get::<AtomicU32>(SIZE).load(Ordering::Relaxed) as usize;
-        let align = r.get::<AtomicU32>(ALIGN).load(Ordering::Relaxed) as usize;
-        let len = r.get::<AtomicU64>(LEN).load(Ordering::Acquire) as usize;
-        let fits = size
-            .checked_mul(len)
-            .and_then(|b| b.checked_add(data_offset(align)))
-            .is_some_and(|end| end <= r.len());
-        if size != std::mem::size_of::<T>() || align != std::mem::align_of::<T>() || !fits {
-            return Err(format!(
-                "the received {what} does not hold `{}` (element size {size}, alignment {align})",
-                std::any::type_name::<T>()
-            ));
-        }
-        if exact_len.is_some_and(|l| l != len) {
-            return Err(format!("the received {what} holds {len} elements, not 1"));
-        }
+        let header = Header {
+            magic: r.get::<AtomicU32>(0).load(Ordering::Acquire),
+            size: r.get::<AtomicU32>(SIZE).load(Ordering::Relaxed),
+            align: r.get::<AtomicU32>(ALIGN).load(Ordering::Relaxed),
+            len: r.get::<AtomicU64>(LEN).load(Ordering::Acquire),
+        };
+        let len = header.check(
+            kind,
+            r.len(),
+            std::any::type_name::<T>(),
+            std::mem::size_of::<T>(),
+            std::mem::align_of::<T>(),
+            exact_len,
+        )?;
         Ok(Cells {
             tagged,
             len,
@@ -267,6 +353,13 @@ pub struct Value<T> {
 serde_impls!(Value, Pod, LOCKED, Some(1));
 
 impl<T: Pod> Value<T> {
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.cells.tagged.word_at(offset)
+    }
+
     /// A new shared value holding `value`.
     ///
     /// # Errors
@@ -319,10 +412,12 @@ impl<T: Pod> Value<T> {
         wrap(self.guard(), how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over,
+    /// as `lock` does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -333,10 +428,9 @@ impl<T: Pod> Value<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ValueGuard<'_, T>> {
-        if self.cells.raw_lock().try_lock() {
-            Ok(self.guard())
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.cells.raw_lock().try_lock() {
+            Some(how) => wrap(self.guard(), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 
@@ -449,6 +543,13 @@ pub struct Array<T> {
 serde_impls!(Array, Pod, LOCKED, None);
 
 impl<T: Pod> Array<T> {
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.cells.tagged.word_at(offset)
+    }
+
     /// A new array of `len` zeros.
     ///
     /// # Errors
@@ -541,10 +642,12 @@ impl<T: Pod> Array<T> {
         wrap(self.guard(), how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over,
+    /// as `lock` does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -553,10 +656,9 @@ impl<T: Pod> Array<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ArrayGuard<'_, T>> {
-        if self.cells.raw_lock().try_lock() {
-            Ok(self.guard())
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.cells.raw_lock().try_lock() {
+            Some(how) => wrap(self.guard(), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 

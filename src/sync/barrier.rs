@@ -11,6 +11,9 @@
 //! | 36 | `AtomicU32` | `broken`: why the barrier is broken (0: it is not) |
 //! | 40 | `AtomicU32` | `history`: bit `g % 32` set when round `g` ended broken |
 //! | 44 | `AtomicU32` | `dead`: thread id of the party found dead, if any |
+//! | 48 | `AtomicU32` | `round`: the generation of the last round that ended broken |
+//! | 52 | `AtomicU32` | `round_why`: why that round broke (kept when `reset` clears `broken`) |
+//! | 56 | `AtomicU32` | `round_dead`: the dead party that broke it, if any |
 //! | 64 | `[AtomicU64; parties]` | the identity (thread id, start time) of each party waiting in this round, in arrival order |
 //!
 //! # Protocol
@@ -25,7 +28,20 @@
 //! round too, as in Python. The last party checks the recorded parties the same way before
 //! it ends the round (one `/proc` read per party per round), and breaks it instead if one is
 //! dead. Breaking sets `broken`, the round's `history` bit, `dead` when a
-//! party died, bumps `generation` and wakes everyone.
+//! party died, `round`/`round_why`/`round_dead`, bumps `generation` and wakes everyone. A
+//! released waiter of a broken round reports `round_why` when `round` is its round (so the
+//! waiters released by `reset`, which clears `broken` at once, are told it was a reset), else
+//! the current `broken`.
+//!
+//! # Trust
+//! Any process holding the region can write any word. `parties` is read once, when a handle
+//! is made or received (and checked against the region's length); every slot index comes from
+//! that copy. Under the lock, a shared `parties` that differs from it, a `count` not below it,
+//! or a `broken` reason no version writes, breaks the round as corrupt (`reset` restores
+//! `parties`). A timed wait bounds every acquisition of the barrier's lock by its deadline
+//! (plus [`BREAK_GRACE`] to break the round for the others), so a process that holds the lock
+//! forever cannot keep a `wait_timeout` past its timeout. A process that bumps `generation`
+//! releases the waiters early; that is a wrong answer for this barrier, not a crash.
 
 use std::fmt;
 use std::io;
@@ -44,12 +60,20 @@ const PARTIES: usize = COUNT + 4;
 const BROKEN: usize = PARTIES + 4;
 const HISTORY: usize = BROKEN + 4;
 const DEAD: usize = HISTORY + 4;
+const ROUND: usize = DEAD + 4;
+const ROUND_WHY: usize = ROUND + 4;
+const ROUND_DEAD: usize = ROUND_WHY + 4;
 const SLOTS: usize = 64;
 
 const ABORTED: u32 = 1;
 const TIMED_OUT: u32 = 2;
 const DIED: u32 = 3;
 const RESET: u32 = 4;
+/// A shared word held a value the protocol never writes (another process wrote over it).
+const CORRUPT: u32 = 5;
+/// How long a party whose timeout passed may wait for the barrier's lock to break the round:
+/// the lock is held for microseconds by a party that follows the protocol.
+const BREAK_GRACE: Duration = LIVENESS_SLICE;
 
 /// A meeting point for a fixed number of parties (Python's `multiprocessing.Barrier`).
 ///
@@ -82,6 +106,9 @@ const RESET: u32 = 4;
 #[derive(Debug, Clone)]
 pub struct Barrier {
     tagged: Tagged,
+    /// `parties`, read once when the handle was made or received and checked against the
+    /// region's length; the shared word is only compared with it.
+    parties: u32,
 }
 
 handle_serde!(Barrier, MAGIC, SLOTS + 8, "barrier");
@@ -107,22 +134,38 @@ impl Barrier {
         }
         let len = SLOTS + 8 * parties as usize;
         let tagged = Tagged::new("multiprocess-barrier", MAGIC, len)?;
-        let b = Barrier { tagged };
+        let b = Barrier { tagged, parties };
         b.word(PARTIES).store(parties, Ordering::Release);
         Ok(b)
     }
 
     fn from_tagged(tagged: Tagged) -> Result<Barrier, String> {
-        let b = Barrier { tagged };
-        let parties = b.word(PARTIES).load(Ordering::Acquire) as usize;
-        if parties == 0 || b.tagged.region.len() < SLOTS + 8 * parties {
-            return Err("the received barrier is malformed".into());
+        let parties = tagged
+            .region
+            .get::<AtomicU32>(PARTIES)
+            .load(Ordering::Acquire);
+        let fits = (parties as usize)
+            .checked_mul(8)
+            .and_then(|n| n.checked_add(SLOTS))
+            .is_some_and(|end| end <= tagged.region.len());
+        if parties == 0 || !fits {
+            return Err(format!(
+                "the received barrier is malformed: its `parties` word ({parties}) does not fit \
+                 its shared memory"
+            ));
         }
-        Ok(b)
+        Ok(Barrier { tagged, parties })
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {
         self.tagged.region.get(offset)
+    }
+
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
     }
 
     fn slot(&self, i: u32) -> &AtomicU64 {
@@ -133,11 +176,31 @@ impl Barrier {
         self.tagged.region.get(BODY)
     }
 
-    /// Locks the barrier's state; a party that died holding it breaks the round.
-    fn lock(&self) {
-        if let Some(Acquired::OwnerDied(tid)) = self.raw().lock(None) {
-            self.break_round(DIED, tid);
+    /// Locks the barrier's state, waiting at most until `deadline`; whether it did. A party
+    /// that died holding it breaks the round (a lock word that named no party, written by
+    /// another process, breaks it as corrupt).
+    fn lock(&self, deadline: Option<Instant>) -> bool {
+        match self.raw().lock(deadline) {
+            None => false,
+            Some(Acquired::Clean) => true,
+            Some(Acquired::OwnerDied(0)) => {
+                self.break_round(CORRUPT, 0);
+                true
+            }
+            Some(Acquired::OwnerDied(tid)) => {
+                self.break_round(DIED, tid);
+                true
+            }
         }
+    }
+
+    /// Whether the shared words this process relies on are ones the protocol can write: the
+    /// number of parties is the one checked on receipt, and fewer than that have arrived (the
+    /// lock is held). Another process may have written anything.
+    fn consistent(&self) -> bool {
+        self.word(PARTIES).load(Ordering::Relaxed) == self.parties
+            && self.word(COUNT).load(Ordering::Relaxed) < self.parties
+            && self.word(BROKEN).load(Ordering::Relaxed) <= CORRUPT
     }
 
     /// Ends the current round as broken (the lock is held).
@@ -150,15 +213,30 @@ impl Barrier {
         }
         self.word(HISTORY)
             .fetch_or(1 << (g % 32), Ordering::Relaxed);
+        self.word(ROUND).store(g, Ordering::Relaxed);
+        self.word(ROUND_WHY).store(why, Ordering::Relaxed);
+        self.word(ROUND_DEAD).store(dead, Ordering::Relaxed);
         self.word(COUNT).store(0, Ordering::Relaxed);
         generation.store(g.wrapping_add(1), Ordering::Release);
         futex_wake(generation, WAKE_ALL);
     }
 
     fn error(&self) -> BarrierError {
-        BarrierError {
-            why: self.word(BROKEN).load(Ordering::Relaxed),
-            dead: self.word(DEAD).load(Ordering::Relaxed),
+        BarrierError::new(
+            self.word(BROKEN).load(Ordering::Relaxed),
+            self.word(DEAD).load(Ordering::Relaxed),
+        )
+    }
+
+    /// Why round `g` ended broken (the lock is held).
+    fn round_error(&self, g: u32) -> BarrierError {
+        if self.word(ROUND).load(Ordering::Relaxed) == g {
+            BarrierError::new(
+                self.word(ROUND_WHY).load(Ordering::Relaxed),
+                self.word(ROUND_DEAD).load(Ordering::Relaxed),
+            )
+        } else {
+            self.error()
         }
     }
 
@@ -200,14 +278,24 @@ impl Barrier {
     fn wait_until(&self, deadline: Option<Instant>) -> Result<u32, BarrierError> {
         let (tid, start) = current_thread();
         let generation = self.word(GENERATION);
-        self.lock();
+        let timed_out = BarrierError {
+            why: TIMED_OUT,
+            dead: 0,
+        };
+        if !self.lock(deadline) {
+            // Held by a live party past the deadline: this party never arrived.
+            return Err(timed_out);
+        }
+        if !self.consistent() {
+            self.break_round(CORRUPT, 0);
+        }
         if self.word(BROKEN).load(Ordering::Relaxed) != 0 {
             let e = self.error();
             self.raw().unlock();
             return Err(e);
         }
         let g = generation.load(Ordering::Relaxed);
-        let parties = self.word(PARTIES).load(Ordering::Relaxed);
+        let parties = self.parties;
         let index = self.word(COUNT).load(Ordering::Relaxed);
         self.slot(index)
             .store((u64::from(tid) << 32) | u64::from(start), Ordering::Relaxed);
@@ -236,7 +324,11 @@ impl Barrier {
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
-                    self.lock();
+                    // Break the round for everyone; if a live process holds the lock past
+                    // the grace, give up alone (the others keep their own timeouts).
+                    if !self.lock(now.checked_add(BREAK_GRACE)) {
+                        return Err(timed_out);
+                    }
                     if generation.load(Ordering::Relaxed) == g {
                         self.break_round(TIMED_OUT, 0);
                     }
@@ -250,18 +342,28 @@ impl Barrier {
                 let _ = futex_wait(generation, g, Some(slice));
             }
             if generation.load(Ordering::Acquire) != g {
-                self.lock();
+                // The round ended: its `history` bit and reason were written before the
+                // `Release` of `generation` (no lock needed to read them).
                 let broken = self.word(HISTORY).load(Ordering::Relaxed) & (1 << (g % 32)) != 0;
-                let e = self.error();
-                self.raw().unlock();
-                return if broken { Err(e) } else { Ok(index) };
+                return if broken {
+                    Err(self.round_error(g))
+                } else {
+                    Ok(index)
+                };
             }
-            // Still waiting: is every party of this round alive?
-            self.lock();
+            // Still waiting: is every party of this round alive? (Not past the deadline: the
+            // next turn handles that.)
+            if !self.lock(deadline) {
+                continue;
+            }
             if generation.load(Ordering::Relaxed) == g {
-                let count = self.word(COUNT).load(Ordering::Relaxed);
-                if let Some(dead) = self.first_dead(count) {
-                    self.break_round(DIED, dead);
+                if !self.consistent() {
+                    self.break_round(CORRUPT, 0);
+                } else {
+                    let count = self.word(COUNT).load(Ordering::Relaxed);
+                    if let Some(dead) = self.first_dead(count) {
+                        self.break_round(DIED, dead);
+                    }
                 }
             }
             self.raw().unlock();
@@ -289,12 +391,13 @@ impl Barrier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn abort(&self) {
-        self.lock();
+        self.lock(None);
         self.break_round(ABORTED, 0);
         self.raw().unlock();
     }
 
-    /// Makes the barrier whole again; parties waiting now get an error.
+    /// Makes the barrier whole again; parties waiting now get an error whose
+    /// [`is_reset`](BarrierError::is_reset) is true (Python's `BrokenBarrierError`).
     ///
     /// # Examples
     /// ```
@@ -306,10 +409,12 @@ impl Barrier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn reset(&self) {
-        self.lock();
+        self.lock(None);
         if self.word(COUNT).load(Ordering::Relaxed) > 0 {
             self.break_round(RESET, 0);
         }
+        // Whole again: the number of parties this handle was checked with.
+        self.word(PARTIES).store(self.parties, Ordering::Relaxed);
         self.word(BROKEN).store(0, Ordering::Relaxed);
         self.word(DEAD).store(0, Ordering::Relaxed);
         self.raw().unlock();
@@ -323,7 +428,7 @@ impl Barrier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn parties(&self) -> u32 {
-        self.word(PARTIES).load(Ordering::Relaxed)
+        self.parties
     }
 
     /// How many parties wait now (Python's `n_waiting`).
@@ -334,7 +439,7 @@ impl Barrier {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn n_waiting(&self) -> u32 {
-        self.word(COUNT).load(Ordering::Relaxed)
+        self.word(COUNT).load(Ordering::Relaxed).min(self.parties)
     }
 
     /// Whether the barrier is broken.
@@ -368,6 +473,14 @@ pub struct BarrierError {
 }
 
 impl BarrierError {
+    /// From shared words: a reason no version of the crate writes is `CORRUPT`.
+    fn new(why: u32, dead: u32) -> BarrierError {
+        BarrierError {
+            why: if why > CORRUPT { CORRUPT } else { why },
+            dead,
+        }
+    }
+
     /// A party's timeout broke the barrier.
     pub fn is_timeout(&self) -> bool {
         self.why == TIMED_OUT
@@ -398,6 +511,7 @@ impl fmt::Display for BarrierError {
             TIMED_OUT => f.write_str(": a party timed out"),
             RESET => f.write_str(": reset while waiting"),
             DIED => write!(f, ": a party (thread {}) died while waiting", self.dead),
+            CORRUPT => f.write_str(": its shared state was written over by another process"),
             _ => Ok(()),
         }
     }

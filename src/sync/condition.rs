@@ -16,6 +16,10 @@
 //! follows the waiter's read of `seq` always ends its wait. As with std's `Condvar`, a waiter
 //! may also wake without a notify (and a notify may end the wait of a waiter that had not yet
 //! gone to sleep), so wait for a predicate: [`ConditionGuard::wait_while`].
+//!
+//! Another process holding the region may write any word: `seq` and `sleepers` only decide
+//! whether to sleep and whom to wake (wrapping arithmetic, no index), so garbage there costs
+//! spurious wake-ups or wake-up calls; the lock word is handled as every [`RawLock`] is.
 
 use std::fmt;
 use std::io;
@@ -137,6 +141,13 @@ impl Condition {
         })
     }
 
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
+
     fn raw(&self) -> &RawLock {
         match &self.lock {
             Some(l) => l.raw(),
@@ -177,10 +188,12 @@ impl Condition {
         self.guard(how)
     }
 
-    /// Locks if the lock is free, without waiting.
+    /// Locks if the lock is free, without waiting. A lock whose holder died is taken over, as
+    /// [`lock`](Condition::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -190,10 +203,9 @@ impl Condition {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<ConditionGuard<'_>> {
-        if self.raw().try_lock() {
-            self.guard(Acquired::Clean).map_err(TryLockError::from)
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.raw().try_lock() {
+            Some(how) => self.guard(how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 
@@ -326,7 +338,9 @@ impl ConditionGuard<'_> {
         }
     }
 
-    /// Like [`wait`](Self::wait), for at most `timeout`.
+    /// Like [`wait`](Self::wait), for at most `timeout`. The timeout bounds the wait for a
+    /// notify; taking the lock back afterwards waits as long as a live holder keeps it (as
+    /// with std's `Condvar` and Python's `Condition`), since the guard must hold it again.
     ///
     /// # Errors
     /// As [`wait`](Self::wait).

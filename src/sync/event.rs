@@ -19,7 +19,8 @@
 //! state and sleeps while it is the one it read. Both sides write then read the other's word
 //! with `SeqCst`, so either the setter sees the sleeper or the sleeper sees the new state: no
 //! lost wake-up. A waiter that dies leaves `sleepers` one too high, which only costs `set` a
-//! wake-up call.
+//! wake-up call. Another process may write either word: any state is a valid one (a flag and
+//! a count), and `sleepers` is a hint (wrapping).
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -83,6 +84,13 @@ impl Event {
 
     fn from_tagged(tagged: Tagged) -> Result<Event, String> {
         Ok(Event { tagged })
+    }
+
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
     }
 
     fn word(&self, offset: usize) -> &AtomicU32 {

@@ -4,7 +4,8 @@
 //! `Lock`: offset 0 the magic `"mLk1"` (`u32`), offset 8 a [`RawLock`] (16 bytes).
 //! `RLock`: offset 0 the magic `"mRl1"`, offset 8 a [`RawLock`], offset 24 the recursion count
 //! (`AtomicU32`), read and written only by the holder (`Relaxed`: the lock orders it), and reset
-//! to 1 by a locker that takes the lock over from a dead holder.
+//! to 1 by a locker that takes the lock over from a dead holder. Another process may write it:
+//! re-entry saturates instead of overflowing, and leaving stops at 0.
 
 use std::fmt;
 use std::io;
@@ -101,10 +102,12 @@ impl Lock {
         }
     }
 
-    /// Locks if the lock is free, without waiting (Python's `acquire(block=False)`).
+    /// Locks if the lock is free, without waiting (Python's `acquire(block=False)`). A lock
+    /// whose holder died is taken over, as [`lock`](Lock::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when it is held.
+    /// [`TryLockError::WouldBlock`] when a live holder has it, [`TryLockError::OwnerDied`]
+    /// (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```
@@ -115,10 +118,9 @@ impl Lock {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_lock(&self) -> TryLockResult<LockGuard<'_>> {
-        if self.raw().try_lock() {
-            Ok(LockGuard::new(self.raw()))
-        } else {
-            Err(TryLockError::WouldBlock)
+        match self.raw().try_lock() {
+            Some(how) => wrap(LockGuard::new(self.raw()), how).map_err(TryLockError::from),
+            None => Err(TryLockError::WouldBlock),
         }
     }
 
@@ -143,7 +145,8 @@ impl Lock {
         }
     }
 
-    /// Whether someone holds the lock (Python's `locked()`).
+    /// Whether someone holds the lock (Python's `locked()`). A holder that died holding it
+    /// does not count: its lock is free for the next locker, which takes it over.
     ///
     /// # Examples
     /// ```
@@ -153,7 +156,14 @@ impl Lock {
     /// ```
     #[doc(alias = "locked")]
     pub fn is_locked(&self) -> bool {
-        self.raw().holder() != 0
+        self.raw().is_held()
+    }
+
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
     }
 }
 
@@ -254,6 +264,13 @@ impl RLock {
         Ok(RLock { tagged })
     }
 
+    /// Test support: the `u32` word at byte `offset` of the shared region (layout in the
+    /// sources), as any process holding the region could write it; `None` past its end.
+    #[doc(hidden)]
+    pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+        self.tagged.word_at(offset)
+    }
+
     fn raw(&self) -> &RawLock {
         self.tagged.region.get(BODY)
     }
@@ -267,16 +284,15 @@ impl RLock {
         let raw = self.raw();
         if raw.held_by_me() {
             let c = self.count_word();
-            c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            // Saturating: the word is shared, and another process may have written anything.
+            c.store(
+                c.load(Ordering::Relaxed).saturating_add(1),
+                Ordering::Relaxed,
+            );
             return Some(Acquired::Clean);
         }
         let how = match deadline {
-            None => {
-                if !raw.try_lock() {
-                    return None;
-                }
-                Acquired::Clean
-            }
+            None => raw.try_lock()?,
             Some(d) => raw.lock(d)?,
         };
         self.count_word().store(1, Ordering::Relaxed);
@@ -302,10 +318,12 @@ impl RLock {
         wrap(RLockGuard::new(self), how)
     }
 
-    /// Locks if it is free or already held by this thread, without waiting.
+    /// Locks if it is free or already held by this thread, without waiting. A lock whose
+    /// holder died is taken over, as [`lock`](RLock::lock) does.
     ///
     /// # Errors
-    /// [`TryLockError::WouldBlock`] when another thread holds it.
+    /// [`TryLockError::WouldBlock`] when another live thread holds it,
+    /// [`TryLockError::OwnerDied`] (with the guard) when the previous holder died holding it.
     ///
     /// # Examples
     /// ```

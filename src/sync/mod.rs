@@ -10,7 +10,9 @@
 //! A process (or thread) that ends while holding a [`Lock`], an [`RLock`], a [`Condition`]'s
 //! lock or a [`Value`](crate::Value)'s lock does not wedge the others: a waiter notices within
 //! about 100 ms, takes the lock over, and is told through
-//! [`OwnerDied`], much like std's poisoning: the data it protects may be half-updated. A
+//! [`OwnerDied`], much like std's poisoning: the data it protects may be half-updated.
+//! `try_lock` and timed locks (whatever their timeout) check the holder the same way and take
+//! such a lock over at once, and `is_locked` does not count a dead holder. A
 //! [`Barrier`] whose party dies while waiting breaks, and the others get
 //! [`BarrierError::dead_party`]. A [`Semaphore`] counts, it does not own: a count taken by a
 //! process that dies is lost (as in Python), so size a semaphore for the survivors or
@@ -84,7 +86,8 @@ impl<G> OwnerDied<G> {
         &mut self.guard
     }
 
-    /// The thread id of the holder that died (its process id if it was a main thread).
+    /// The thread id of the holder that died (its process id if it was a main thread); 0 when
+    /// the lock's shared word named no thread at all (another process wrote over it).
     pub fn previous_owner(&self) -> u32 {
         self.previous
     }
@@ -273,6 +276,15 @@ impl Tagged {
         Ok(Tagged {
             region: Arc::new(region),
         })
+    }
+
+    /// Test support: the aligned `u32` at `offset` of the region, `None` past its end.
+    pub(crate) fn word_at(&self, offset: usize) -> Option<&std::sync::atomic::AtomicU32> {
+        let fits = offset % 4 == 0
+            && offset
+                .checked_add(4)
+                .is_some_and(|e| e <= self.region.len());
+        fits.then(|| self.region.get(offset))
     }
 
     pub(crate) fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

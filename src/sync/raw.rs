@@ -22,6 +22,15 @@
 //!   start time all mean dead). If dead, it takes the lock over with a compare-and-swap from
 //!   the exact word it saw, so only one waiter wins and a holder that released in between is
 //!   not robbed; the winner is told (`Acquired::OwnerDied`).
+//! - **The same check everywhere**: a `try_lock` that finds the word held, and a timed lock
+//!   whose deadline passes (even one shorter than a slice, even zero), make that check once
+//!   before giving up; `is_held` counts a dead holder's lock as free.
+//! - **A word no holder wrote**: another process can write anything into `state` and
+//!   `owner`. `WAITERS` without a thread id is never written by this protocol; it is taken
+//!   over as from a dead holder (reported with thread id 0). A thread id that is not a live
+//!   thread, or whose start time differs from the one in `owner`, is a dead holder. A word
+//!   naming a live thread is a live holder: a peer can always hold a lock, so the bound on
+//!   that is the caller's timeout.
 //!
 //! The `Acquire` on every successful compare-and-swap and the `Release` of the unlock's swap
 //! order the protected data as in any mutex; the futex call re-reads `state` atomically with
@@ -80,9 +89,9 @@ impl RawLock {
     /// Bytes taken in a region.
     pub(crate) const SIZE: usize = 16;
 
-    /// Tries once, without waiting.
+    /// One compare-and-swap from free to mine, without looking at the holder.
     #[inline]
-    pub(crate) fn try_lock(&self) -> bool {
+    fn try_fast(&self) -> bool {
         let (tid, start) = current_thread();
         if self
             .state
@@ -96,13 +105,45 @@ impl RawLock {
         }
     }
 
+    /// Tries once, without waiting: takes a free lock, or takes the lock over from a dead
+    /// holder (one liveness check, as a waiter makes at the end of each slice); `None` when a
+    /// live holder has it.
+    pub(crate) fn try_lock(&self) -> Option<Acquired> {
+        if self.try_fast() {
+            return Some(Acquired::Clean);
+        }
+        let seen = self.state.load(Ordering::Relaxed);
+        if seen == 0 {
+            // Released since the compare-and-swap: one more try, not a loop.
+            return self.try_fast().then_some(Acquired::Clean);
+        }
+        self.take_over_if_dead(seen)
+    }
+
     /// Locks, waiting at most until `deadline` (`None`: no limit); `None` when it passed.
     #[inline]
     pub(crate) fn lock(&self, deadline: Option<Instant>) -> Option<Acquired> {
-        if self.try_lock() {
+        if self.try_fast() {
             return Some(Acquired::Clean);
         }
         self.lock_slow(deadline)
+    }
+
+    /// Takes the lock over if the word `seen` (not 0) names a dead holder, or no holder at all
+    /// (`WAITERS` alone, which this protocol never writes: a peer wrote it); a compare-and-swap
+    /// from exactly `seen`, so only one taker wins and a holder that released or changed in
+    /// between is not robbed.
+    fn take_over_if_dead(&self, seen: u32) -> Option<Acquired> {
+        let holder = seen & TID;
+        if holder != 0 && self.holder_alive(holder) {
+            return None;
+        }
+        let (me, start) = current_thread();
+        self.state
+            .compare_exchange(seen, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        self.set_owner(me, start);
+        Some(Acquired::OwnerDied(holder))
     }
 
     #[inline]
@@ -148,7 +189,12 @@ impl RawLock {
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
-                    return None;
+                    // A timeout shorter than a slice still looks at the holder once.
+                    let seen = self.state.load(Ordering::Relaxed);
+                    return match seen {
+                        0 => self.try_fast().then_some(Acquired::Clean),
+                        _ => self.take_over_if_dead(seen),
+                    };
                 }
                 slice = slice.min(d - now);
             }
@@ -159,16 +205,10 @@ impl RawLock {
                 Err(_) => std::thread::sleep(slice),
             }
             let seen = self.state.load(Ordering::Relaxed);
-            let holder = seen & TID;
-            if holder != 0
-                && !self.holder_alive(holder)
-                && self
-                    .state
-                    .compare_exchange(seen, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
-                self.set_owner(me, start);
-                return Some(Acquired::OwnerDied(holder));
+            if seen != 0 {
+                if let Some(how) = self.take_over_if_dead(seen) {
+                    return Some(how);
+                }
             }
         }
     }
@@ -194,6 +234,13 @@ impl RawLock {
     /// The holder's thread id, 0 when free.
     pub(crate) fn holder(&self) -> u32 {
         self.state.load(Ordering::Relaxed) & TID
+    }
+
+    /// Whether a live thread holds the lock: a dead holder's lock counts as free (the next
+    /// locker takes it over), and so does a word that names no thread.
+    pub(crate) fn is_held(&self) -> bool {
+        let h = self.holder();
+        h != 0 && self.holder_alive(h)
     }
 
     /// Whether the calling thread holds the lock.
@@ -241,14 +288,22 @@ mod tests {
         let r = Arc::new(Region::new("test-lock", 4096).unwrap());
         let r2 = r.clone();
         let tid = std::thread::spawn(move || {
-            assert!(r2.get::<RawLock>(8).try_lock());
+            assert_eq!(r2.get::<RawLock>(8).try_lock(), Some(Acquired::Clean));
             current_thread().0
         })
         .join()
         .unwrap();
         let l = r.get::<RawLock>(8);
-        assert!(!l.try_lock());
-        assert_eq!(l.lock(None), Some(Acquired::OwnerDied(tid)));
+        // `join` returns a moment before the thread is gone from /proc (see sys::sync).
+        let until = Instant::now() + Duration::from_secs(2);
+        while l.is_held() {
+            assert!(
+                Instant::now() < until,
+                "the ended thread still holds the lock"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(l.try_lock(), Some(Acquired::OwnerDied(tid)));
         assert!(l.held_by_me());
         l.unlock();
     }
@@ -257,7 +312,7 @@ mod tests {
     fn timeout() {
         let r = Region::new("test-lock", 4096).unwrap();
         let l = r.get::<RawLock>(8);
-        assert!(l.try_lock());
+        assert_eq!(l.try_lock(), Some(Acquired::Clean));
         // Held by this live thread: a deadline ends the wait.
         let t = Instant::now();
         assert_eq!(l.lock(Some(t + Duration::from_millis(30))), None);

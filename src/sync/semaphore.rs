@@ -18,6 +18,10 @@
 //!
 //! A count taken by a process that dies is not given back: a semaphore does not know its
 //! holders (neither does Python's).
+//!
+//! Another process holding the region may write any word: a count at or above `max` makes
+//! `release` an error (a count above `max` is still taken by `acquire`), `sleepers` is only
+//! a hint (wrapping), and a count of 0 makes a timed `acquire` end at its timeout.
 
 use std::fmt;
 use std::io;
@@ -178,6 +182,14 @@ macro_rules! semaphore_api {
             #[doc(alias = "get_value")]
             pub fn value(&self) -> u32 {
                 self.core.value()
+            }
+
+            /// Test support: the `u32` word at byte `offset` of the shared region (layout in
+            /// the sources), as any process holding the region could write it; `None` past
+            /// its end.
+            #[doc(hidden)]
+            pub fn __shared_word(&self, offset: usize) -> Option<&AtomicU32> {
+                self.core.tagged.word_at(offset)
             }
         }
     };
