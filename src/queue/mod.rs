@@ -856,6 +856,11 @@ impl<T> Queue<T> {
     }
 }
 
+/// The `ring_records` fuzz target: see `crate::fuzz::ring_records`.
+pub(crate) fn fuzz_ring_records(data: &[u8]) {
+    ring::fuzz_records(data);
+}
+
 /// Takes the descriptors of message `want` from the datagram socket (under the consumer lock).
 fn recv_fds(rx: BorrowedFd<'_>, want: u64, fds: &mut Vec<OwnedFd>) -> io::Result<bool> {
     let mut b = [0u8; 8];

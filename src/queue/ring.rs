@@ -62,8 +62,8 @@
 //! new arrived, its producer died (or was taken over) mid-message, and the partial message is
 //! discarded. When a whole tick passes without a chunk, it looks at the producer lock itself:
 //! free (a streaming flag that no correct process leaves behind) or held by a dead owner, it
-//! takes the lock, clears `prod_streaming` and releases, and the partial message is discarded
-//! as above; the consumer then waits for the next message as long as its caller allows. With
+//! takes the lock, clears `prod_streaming` and releases, and discards the partial message; the
+//! consumer then waits for the next message as long as its caller allows. With
 //! a live producer that stalls, a consumer whose caller's time is up (`get_timeout`,
 //! `get_nowait`) returns and sets `SKIPPING`: the rest of that message is lost. A consumer that
 //! takes the lock and finds `READING` treats it as `SKIPPING` (nobody reads a stream without
@@ -1165,8 +1165,13 @@ impl Ring {
                         continue;
                     }
                     // A whole tick without a chunk. A dead (or absent) streaming producer:
-                    // close its stream, and the partial message is dropped above.
+                    // close its stream and drop the partial message; then wait for the next
+                    // message as long as the caller allows.
                     if self.recover_stalled_stream(me) {
+                        out.clear();
+                        fds.clear();
+                        h.cons.state.store(IDLE, Ordering::Relaxed);
+                        h.meta.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     // Its producer lives but stalls. A caller whose time is up gets it back: the
@@ -1537,5 +1542,88 @@ impl Ring {
             }
             let _ = self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK));
         }
+    }
+}
+
+/// The `ring_records` fuzz target (see `crate::fuzz`): a real ring of [`MIN_CAPACITY`] bytes,
+/// a prelude of puts (and a get) by the crate itself, then words of its memory overwritten as a
+/// hostile peer would, then a few non-blocking puts and gets. Input: `maxsize`, the prelude
+/// byte (bits 0-2: small puts; 3: a put with descriptors; 4: a put of 600 bytes; 5: a get
+/// first; 6: positions near the end of the ring first), 8 operation bytes, then entries of 10
+/// bytes: a word index (`u16`, modulo the words of the memory) and its new value (`u64`), at
+/// most 64. Every operation must return; errors are fine.
+pub(crate) fn fuzz_records(data: &[u8]) {
+    let Some((&maxsize, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&prelude, rest)) = rest.split_first() else {
+        return;
+    };
+    let (ops, words) = rest.split_at(rest.len().min(8));
+    let Ok(ring) = Ring::create(MIN_CAPACITY, maxsize as u32) else {
+        return;
+    };
+    let h = ring.hdr();
+    let payload = [0xa5u8; 900];
+    let mut send = |_: u64, _: Wait| -> Result<(), Fail> { Ok(()) };
+    let mut recv = |seq: u64, _: &mut Vec<OwnedFd>| -> io::Result<bool> { Ok(seq % 2 == 0) };
+    let (mut out, mut fds, mut small) = (Vec::new(), Vec::new(), Small::new());
+    if prelude & 64 != 0 {
+        let pos = MIN_CAPACITY as u32 - 16;
+        h.tail_puts.0.store(pack(pos, 0), Ordering::Relaxed);
+        h.head_gets.0.store(pack(pos, 0), Ordering::Relaxed);
+    }
+    for i in 0..prelude & 7 {
+        let mut s = Small::new();
+        s.extend(&payload[..(i as usize * 13) % SMALL]);
+        let _ = ring.put_small(&s, Wait::Now);
+    }
+    if prelude & 8 != 0 {
+        let _ = ring.put(&payload[..40], Some(&mut send), Wait::Now);
+    }
+    if prelude & 16 != 0 {
+        let _ = ring.put(&payload[..600], None, Wait::Now);
+    }
+    if prelude & 32 != 0 {
+        let _ = ring.get(&mut out, &mut fds, &mut recv, &mut small, Wait::Now);
+    }
+    let n_words = (HEADER_LEN + MIN_CAPACITY) / 8;
+    for w in words.chunks_exact(10).take(64) {
+        let index = u16::from_le_bytes([w[0], w[1]]) as usize % n_words;
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&w[2..]);
+        ring.poke(index * 8, u64::from_le_bytes(v));
+    }
+    // A stream "in progress" makes a consumer wait a tick for its producer; that wait (and
+    // the recovery after it) is tested in tests/queue_hostile.rs, not here: no blocking calls.
+    h.prod.streaming.store(0, Ordering::Relaxed);
+    for &op in ops {
+        let len = (op >> 3) as usize;
+        let _ = match op % 6 {
+            0 => ring
+                .get_small(&mut small, false)
+                .then_some(())
+                .ok_or(Fail::WouldBlock),
+            1 => {
+                let mut s = Small::new();
+                s.extend(&payload[..len * 8 % (SMALL + 1)]);
+                ring.put_small(&s, Wait::Now)
+            }
+            2 => ring.put(&payload[..len * 28], None, Wait::Now),
+            3 => ring.put(&payload[..len], Some(&mut send), Wait::Now),
+            4 => {
+                let _ = (
+                    ring.qsize(),
+                    ring.used(),
+                    ring.is_closed(),
+                    ring.task_done(),
+                );
+                Ok(())
+            }
+            _ => ring
+                .get(&mut out, &mut fds, &mut recv, &mut small, Wait::Now)
+                .map(|_| ()),
+        };
+        h.prod.streaming.store(0, Ordering::Relaxed);
     }
 }
