@@ -288,6 +288,12 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, not_empty) == 640);
     assert!(std::mem::offset_of!(Header, not_full) == 768);
     assert!(std::mem::offset_of!(Header, join) == 896);
+    // The words a hostile-peer test writes (tests/queue_hostile.rs).
+    assert!(std::mem::offset_of!(Header, meta.closed) == 16);
+    assert!(std::mem::offset_of!(Header, prod.lock) == 128);
+    assert!(std::mem::offset_of!(Header, prod.streaming) == 152);
+    assert!(std::mem::offset_of!(Header, cons.lock) == 384);
+    assert!(std::mem::offset_of!(Header, cons.state) == 400);
 };
 
 fn split(x: u64) -> (u32, u32) {
