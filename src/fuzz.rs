@@ -31,3 +31,10 @@ pub fn ledger(data: &[u8]) {
 pub fn value_header(data: &[u8]) {
     crate::shared_memory::value::fuzz_header(data);
 }
+
+/// A queue's shared memory as a hostile peer could leave it: a real ring, filled by the crate,
+/// then words of its header and records overwritten from `data`, then non-blocking puts and
+/// gets (see the input layout in `queue/ring.rs`, `fuzz_records`).
+pub fn ring_records(data: &[u8]) {
+    crate::queue::fuzz_ring_records(data);
+}

@@ -16,11 +16,18 @@
 //!
 //! # Robustness
 //! A process killed at any point of `put` or `get` leaves a queue that the others keep using.
-//! Each side's lock word holds its owner's pid; a waiter checks every 100 ms whether the owner
-//! is alive, and takes a dead owner's lock over. What was published before the death is whole;
-//! a message whose producer died in the middle of writing it, or whose consumer died in the
-//! middle of reading it, is dropped as a whole and counted by [`Queue::dropped`]. No call
-//! returns an error for it: the next message is delivered as usual.
+//! Each side's lock word holds its owner's identity (thread id and start time, as
+//! [`Lock`](crate::Lock)); a waiter checks every 100 ms whether the owner is alive, and takes
+//! a dead owner's lock over. What was published before the death is whole; a message whose
+//! producer died in the middle of writing it, or whose consumer died in the middle of reading
+//! it, is dropped as a whole and counted by [`Queue::dropped`]. No call returns an error for
+//! it: the next message is delivered as usual.
+//!
+//! # Trust
+//! Every process holding the queue can write its shared memory. Positions, record headers,
+//! lengths, flags and lock words are checked before they are used; a value no correct process
+//! writes fails the queue for every process ([`GetError::Corrupt`], [`PutError::Corrupt`]),
+//! never an access outside the queue's memory, a panic or a hang.
 //!
 //! [`Connection`]: crate::Connection
 
@@ -119,6 +126,10 @@ pub enum PutError<T> {
     Encode(T, String),
     /// An operating-system error (sending the message's handles).
     Io(T, io::Error),
+    /// The queue's shared memory holds values no correct process writes (another process
+    /// wrote past the protocol): the queue has failed for every process. The message names the
+    /// field and its value.
+    Corrupt(T, String),
 }
 
 impl<T> PutError<T> {
@@ -129,7 +140,8 @@ impl<T> PutError<T> {
             | PutError::Timeout(v)
             | PutError::Closed(v)
             | PutError::Encode(v, _)
-            | PutError::Io(v, _) => v,
+            | PutError::Io(v, _)
+            | PutError::Corrupt(v, _) => v,
         }
     }
 
@@ -154,6 +166,7 @@ impl<T> PutError<T> {
             Fail::Timeout => PutError::Timeout(v),
             Fail::Closed => PutError::Closed(v),
             Fail::Io(e) => PutError::Io(v, e),
+            Fail::Corrupt(m) => PutError::Corrupt(v, m),
         }
     }
 }
@@ -166,6 +179,7 @@ impl<T> fmt::Debug for PutError<T> {
             PutError::Closed(_) => f.write_str("Closed(..)"),
             PutError::Encode(_, m) => write!(f, "Encode(.., {m:?})"),
             PutError::Io(_, e) => write!(f, "Io(.., {e:?})"),
+            PutError::Corrupt(_, m) => write!(f, "Corrupt(.., {m:?})"),
         }
     }
 }
@@ -178,6 +192,7 @@ impl<T> fmt::Display for PutError<T> {
             PutError::Closed(_) => f.write_str("the queue is closed"),
             PutError::Encode(_, m) => write!(f, "cannot put: {m}"),
             PutError::Io(_, e) => write!(f, "queue i/o error: {e}"),
+            PutError::Corrupt(_, m) => write!(f, "the queue has failed: {m}"),
         }
     }
 }
@@ -203,8 +218,12 @@ pub enum GetError {
     Closed,
     /// The message does not decode as the queue's type; it was consumed.
     Decode(String),
-    /// An operating-system error, or the queue's memory is corrupted.
+    /// An operating-system error.
     Io(io::Error),
+    /// The queue's shared memory holds values no correct process writes (another process
+    /// wrote past the protocol): the queue has failed for every process. The message names the
+    /// field and its value.
+    Corrupt(String),
 }
 
 impl GetError {
@@ -229,6 +248,7 @@ impl GetError {
             Fail::Timeout => GetError::Timeout,
             Fail::Closed => GetError::Closed,
             Fail::Io(e) => GetError::Io(e),
+            Fail::Corrupt(m) => GetError::Corrupt(m),
         }
     }
 }
@@ -241,6 +261,7 @@ impl fmt::Display for GetError {
             GetError::Closed => f.write_str("the queue is closed and empty"),
             GetError::Decode(m) => write!(f, "cannot get: {m}"),
             GetError::Io(e) => write!(f, "queue i/o error: {e}"),
+            GetError::Corrupt(m) => write!(f, "the queue has failed: {m}"),
         }
     }
 }
@@ -578,6 +599,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the next message, waiting until one arrives.
     ///
+    /// A large message whose producer dies while it streams is dropped as a whole (counted by
+    /// [`dropped`](Self::dropped)), and the call takes the next whole message.
+    ///
     /// # Errors
     /// [`GetError::Closed`] when the queue is closed and empty; [`GetError::Decode`] when the
     /// message is not a `T` (it is consumed).
@@ -596,7 +620,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes the next message, waiting at most `timeout`.
     ///
     /// A message whose first chunk was already taken is read to its end, even past the timeout,
-    /// while its producer is alive.
+    /// while its producer keeps writing it. When its producer dies in the middle, the partial
+    /// message is dropped (counted by [`dropped`](Self::dropped)) within about 100 ms and the
+    /// call goes on waiting for the next message until its timeout. When its producer lives
+    /// but writes nothing for 100 ms after the timeout has passed, the call returns
+    /// [`GetError::Timeout`] and the rest of that message is skipped: it is lost (counted as
+    /// dropped once its end passes).
     ///
     /// # Errors
     /// [`GetError::Timeout`] when nothing arrived in time; otherwise as [`get`](Self::get).
@@ -785,10 +814,18 @@ impl<T> Queue<T> {
         self.shared.ring.recovered() as u64
     }
 
-    /// Test support: the pid holding the consumer (`true`) or producer lock.
+    /// Test support: the thread id holding the consumer (`true`) or producer lock.
     #[doc(hidden)]
     pub fn __lock_owner(&self, consumer: bool) -> Option<u32> {
         self.shared.ring.lock_owner(consumer)
+    }
+
+    /// Test support (a hostile peer): stores `value` in the 8-aligned 64-bit word at byte
+    /// `offset` of the queue's shared memory (the header of `ring.rs`, then the ring from
+    /// byte 4096); `false` when there is no such word.
+    #[doc(hidden)]
+    pub fn __poke(&self, offset: usize, value: u64) -> bool {
+        self.shared.ring.poke(offset, value)
     }
 
     /// Test support: bytes in use in the ring (published, not yet consumed).
@@ -817,6 +854,11 @@ impl<T> Queue<T> {
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
+}
+
+/// The `ring_records` fuzz target: see `crate::fuzz::ring_records`.
+pub(crate) fn fuzz_ring_records(data: &[u8]) {
+    ring::fuzz_records(data);
 }
 
 /// Takes the descriptors of message `want` from the datagram socket (under the consumer lock).

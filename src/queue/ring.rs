@@ -1,23 +1,24 @@
 //! The shared-memory ring under every queue, and its wake-up and recovery protocols.
 //!
-//! # Layout (version 2)
+//! # Layout (version 3)
 //! One memfd [`Region`]: a 4096-byte header, then the ring of `capacity` bytes (a power of
 //! two). Fields that different roles write sit in different 128-byte slots, so a producer and
 //! a consumer do not steal each other's cache lines:
 //!
 //! ```text
 //! offset  field                       written by
-//! 0       magic "MPQ1", version 2     creator (checked when a copy is mapped)
+//! 0       magic "MPQ1", version 3     creator (checked when a copy is mapped)
 //! 8       capacity (bytes), maxsize   creator (maxsize in items, 0 = unbounded)
-//! 16      closed, dropped, recovered  anyone (flags and statistics)
+//! 16      closed, dropped, recovered  anyone (flags and statistics; closed: bit 0 closed,
+//!                                     bit 1 corrupt)
 //! 28      done                        consumers (task_done count; futex word of join)
-//! 128     prod_lock, prod_streaming,  the producer holding prod_lock (lock_waiters:
+//! 128     prod_lock (u64),            the producer holding prod_lock (lock_waiters:
 //!         cached_head_gets, fd_seq,   producers waiting for the lock)
-//!         lock_waiters
+//!         prod_streaming, lock_waiters
 //! 256     tail_puts (u64)             the producer holding prod_lock
-//! 384     cons_lock, cons_state,      the consumer holding cons_lock (lock_waiters:
+//! 384     cons_lock (u64),            the consumer holding cons_lock (lock_waiters:
 //!         cached_tail_puts,           consumers waiting for the lock)
-//!         lock_waiters
+//!         cons_state, lock_waiters
 //! 512     head_gets (u64)             the consumer holding cons_lock
 //! 640     not_empty                   event count: consumers waiting for messages
 //! 768     not_full                    event count: producers waiting for room
@@ -44,11 +45,13 @@
 //! Two locks: producers serialize on `prod_lock` (one producer writes at a time; a streamed
 //! message holds it to its end, so chunks of two messages never interleave), consumers on
 //! `cons_lock`. With one producer and one consumer each lock stays in its owner's cache. A lock
-//! word holds the owner's pid (0: free). A waiter registers on the lock's `lock_waiters` event
-//! count, re-reads the word, and sleeps on the event count with a futex for at most 100 ms at a
-//! time; when a whole sleep passes without any release, it checks whether the owner is alive
-//! (`kill(pid, 0)`, and not a zombie) and, if not, takes the lock over with a compare-and-swap
-//! and repairs: a producer clears `prod_streaming` (bytes the dead producer
+//! word holds the owner's identity, thread id (low half) and start time (high half), as the
+//! crate's other robust locks (0: free; version 2 held a bare pid, which a reused pid kept
+//! "alive"). A waiter registers on the lock's `lock_waiters` event count, re-reads the word,
+//! and sleeps on the event count with a futex for at most 100 ms at a time; when a whole sleep
+//! passes without any release, it checks whether the owner is alive (`sys::sync::thread_alive`:
+//! the thread exists, is no zombie, and started at that time; a word naming the waiter itself is
+//! stale) and, if not, takes the lock over with a compare-and-swap and repairs: a producer clears `prod_streaming` (bytes the dead producer
 //! wrote beyond `tail` were never published, so they do not exist); a consumer that finds
 //! `cons_state == READING` sets `SKIPPING`, so the rest of the dead consumer's half-read message
 //! is skipped up to its `LAST` record. A lock is only released after `tail` / `head` are
@@ -57,7 +60,29 @@
 //! A consumer that is reading a streamed message and finds the ring empty checks
 //! `prod_streaming` then `tail` (both acquire): if the stream is no longer open and nothing
 //! new arrived, its producer died (or was taken over) mid-message, and the partial message is
-//! discarded. Every discarded message counts in `dropped` (see `Queue::dropped`).
+//! discarded. When a whole tick passes without a chunk, it looks at the producer lock itself:
+//! free (a streaming flag that no correct process leaves behind) or held by a dead owner, it
+//! takes the lock, clears `prod_streaming` and releases, and discards the partial message; the
+//! consumer then waits for the next message as long as its caller allows. With
+//! a live producer that stalls, a consumer whose caller's time is up (`get_timeout`,
+//! `get_nowait`) returns and sets `SKIPPING`: the rest of that message is lost. A consumer that
+//! takes the lock and finds `READING` treats it as `SKIPPING` (nobody reads a stream without
+//! holding the lock to its end). Every discarded message counts in `dropped` (see
+//! `Queue::dropped`).
+//!
+//! # Trust
+//! Every process that holds the queue can write all of it. Each shared word is read once into
+//! a local and the local is checked before it is used: `head` and `tail` 8-aligned and
+//! `tail - head <= capacity`; a record's kind and flags known, its length at most a quarter of
+//! the ring and within the bytes published, the descriptor flag only on `WHOLE`/`FIRST` with
+//! room for its sequence number. Offsets into the ring are masked (and record headers aligned)
+//! by construction, and copies clamped to the ring, so no value of a shared word makes an access
+//! outside the mapping. A violation sets the `corrupt` bit of `closed` and fails the operation
+//! with `Fail::Corrupt` naming the field and values; every later operation of every process
+//! fails the same way (a peer may clear the bit; the checks still hold). Lock words, states,
+//! flags, counters and hints (`cached_*`) of any value cost at most a wrong message, a
+//! take-over, or a wait that ends with its deadline. The capacity is read once, when a copy is
+//! mapped, and checked against the mapping.
 //!
 //! # Wake-up protocol and orderings
 //! Every sleeper sleeps on an event count (`not_empty`, `not_full`, `join` and the two
@@ -116,11 +141,11 @@ use std::time::{Duration, Instant};
 
 use super::small::{Small, SMALL};
 use crate::region::Region;
-use crate::sys::ipc;
 use crate::sys::shm::{futex_wait, futex_wake, Woken};
+use crate::sys::sync::{current_thread, thread_alive};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPQ1");
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const HEADER_LEN: usize = 4096;
 /// The smallest and largest ring, in bytes.
 pub(crate) const MIN_CAPACITY: usize = 4096;
@@ -133,6 +158,10 @@ const MIDDLE: u8 = 3;
 const LAST: u8 = 4;
 const ABORT: u8 = 5;
 const FLAG_FDS: u8 = 1;
+
+/// Bit of `closed`: the queue's memory was found corrupted (the queue has failed for every
+/// process; bit 0 is the ordinary close).
+const CORRUPT: u32 = 2;
 
 const IDLE: u32 = 0;
 const READING: u32 = 1;
@@ -167,19 +196,21 @@ struct Meta {
 
 #[repr(C, align(128))]
 struct Prod {
-    lock: AtomicU32,
-    streaming: AtomicU32,
+    /// The owner's identity ([`owner`]), 0 when free.
+    lock: AtomicU64,
     cached_head_gets: AtomicU64,
     fd_seq: AtomicU64,
+    streaming: AtomicU32,
     /// Event count of the producers waiting for `lock` (see [`Waiters`]).
     lock_waiters: AtomicU32,
 }
 
 #[repr(C, align(128))]
 struct Cons {
-    lock: AtomicU32,
-    state: AtomicU32,
+    /// The owner's identity ([`owner`]), 0 when free.
+    lock: AtomicU64,
     cached_tail_puts: AtomicU64,
+    state: AtomicU32,
     /// Event count of the consumers waiting for `lock`.
     lock_waiters: AtomicU32,
 }
@@ -257,6 +288,12 @@ const _: () = {
     assert!(std::mem::offset_of!(Header, not_empty) == 640);
     assert!(std::mem::offset_of!(Header, not_full) == 768);
     assert!(std::mem::offset_of!(Header, join) == 896);
+    // The words a hostile-peer test writes (tests/queue_hostile.rs).
+    assert!(std::mem::offset_of!(Header, meta.closed) == 16);
+    assert!(std::mem::offset_of!(Header, prod.lock) == 128);
+    assert!(std::mem::offset_of!(Header, prod.streaming) == 152);
+    assert!(std::mem::offset_of!(Header, cons.lock) == 384);
+    assert!(std::mem::offset_of!(Header, cons.state) == 400);
 };
 
 fn split(x: u64) -> (u32, u32) {
@@ -268,7 +305,28 @@ fn pack(pos: u32, count: u32) -> u64 {
 }
 
 fn pad8(n: u32) -> u32 {
-    (n + 7) & !7
+    n.wrapping_add(7) & !7
+}
+
+/// The calling thread's identity as a lock word: thread id (low half, never 0) and start time
+/// (high half), the owner identity of every robust lock of the crate (see `sys::sync`).
+#[inline]
+fn owner() -> u64 {
+    let (tid, start) = current_thread();
+    pack(tid, start)
+}
+
+/// Whether the owner `word` of a lock (see [`owner`]) still runs; a word this thread would
+/// write itself, found while this thread does not hold the lock, is stale (or forged).
+fn owner_alive(word: u64, me: u64) -> bool {
+    let (tid, start) = split(word);
+    word != me && tid != 0 && thread_alive(tid, start)
+}
+
+/// A corrupted-memory failure naming what was wrong.
+#[cold]
+fn corrupt(what: String) -> Fail {
+    Fail::Corrupt(what)
 }
 
 /// How long an operation may wait.
@@ -300,6 +358,8 @@ pub(crate) enum Fail {
     WouldBlock,
     Timeout,
     Closed,
+    /// The queue's shared memory holds values no correct process writes: the queue has failed.
+    Corrupt(String),
     Io(io::Error),
 }
 
@@ -341,10 +401,11 @@ pub(crate) struct Ring {
     maxsize: u32,
 }
 
-/// A lock word (the owner's pid, 0 when free) and the event count its waiters sleep on.
+/// A lock word (the owner's identity, see [`owner`]; 0 when free) and the event count its
+/// waiters sleep on.
 #[derive(Clone, Copy)]
 struct LockRef<'a> {
-    word: &'a AtomicU32,
+    word: &'a AtomicU64,
     waiters: &'a AtomicU32,
 }
 
@@ -378,17 +439,17 @@ fn release(lock: LockRef, wake: &AtomicU32) {
     notify(lock.waiters);
 }
 
-/// Takes an owner-pid lock if it is free.
+/// Takes an owner-identity lock if it is free.
 #[inline]
-fn try_lock(lock: LockRef, me: u32) -> bool {
+fn try_lock(lock: LockRef, me: u64) -> bool {
     lock.word
         .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
         .is_ok()
 }
 
-/// Takes an owner-pid lock; `Ok(true)` when it was taken over from a dead owner.
+/// Takes an owner-identity lock; `Ok(true)` when it was taken over from a dead owner.
 #[inline]
-fn lock(lock: LockRef, me: u32, wait: Wait) -> Result<bool, Fail> {
+fn lock(lock: LockRef, me: u64, wait: Wait) -> Result<bool, Fail> {
     if try_lock(lock, me) {
         return Ok(false);
     }
@@ -396,9 +457,9 @@ fn lock(lock: LockRef, me: u32, wait: Wait) -> Result<bool, Fail> {
 }
 
 #[cold]
-fn lock_slow(lock: LockRef, me: u32, wait: Wait) -> Result<bool, Fail> {
+fn lock_slow(lock: LockRef, me: u64, wait: Wait) -> Result<bool, Fail> {
     let word = lock.word;
-    let cas = |from: u32| {
+    let cas = |from: u64| {
         word.compare_exchange(from, me, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
     };
@@ -429,8 +490,7 @@ fn lock_slow(lock: LockRef, me: u32, wait: Wait) -> Result<bool, Fail> {
         }
         // Only a full slice without any release means the owner may be dead.
         if futex_wait(lock.waiters, key, Some(slice))? == Woken::TimedOut
-            && v != me
-            && !ipc::pid_alive(v)
+            && !owner_alive(v, me)
             && cas(v)
         {
             return Ok(true);
@@ -533,6 +593,9 @@ impl Ring {
     }
 
     fn write_bytes(&self, pos: u32, data: &[u8]) {
+        // Callers write at most a record (a quarter of the ring); the clamp keeps both copies
+        // inside the ring whatever they pass.
+        let data = &data[..data.len().min(self.cap as usize)];
         let off = (pos & (self.cap - 1)) as usize;
         let first = data.len().min(self.cap as usize - off);
         // SAFETY: `off + first <= cap` and `data.len() - first <= cap` (records are never
@@ -548,10 +611,14 @@ impl Ring {
     }
 
     fn read_bytes(&self, pos: u32, len: usize, out: &mut Vec<u8>) {
+        // Callers validated `len` (a record's length is at most a quarter of the ring); the
+        // clamp keeps both copies inside the ring whatever it is.
+        let len = len.min(self.cap as usize);
         let off = (pos & (self.cap - 1)) as usize;
         let first = len.min(self.cap as usize - off);
         out.reserve(len);
-        // SAFETY: as in `write_bytes`, inside the ring; the bytes lie between head and an
+        // SAFETY: `off < cap`, `first <= cap - off` and `len - first <= cap` (`len <= cap`), so
+        // both copies stay inside the ring; the bytes lie between head and an
         // acquired tail, which no producer writes until the consumer holding `cons_lock`
         // moves head past them. `out` has room for `len` more bytes (reserved).
         unsafe {
@@ -573,8 +640,10 @@ impl Ring {
 
     /// The record header at `pos`: 8-aligned, so it never wraps and is one aligned word.
     fn header_ptr(&self, pos: u32) -> *mut u64 {
-        let off = (pos & (self.cap - 1)) as usize;
-        debug_assert_eq!(off % 8, 0);
+        // Callers check that positions are 8-aligned (shared words that are not are reported
+        // as corruption); the mask makes the offset 8-aligned and inside the ring whatever
+        // `pos` is.
+        let off = (pos & (self.cap - 1) & !7) as usize;
         // SAFETY: `off + 8 <= cap` (8-aligned offset in a ring whose size is a multiple of 8),
         // and the region starts page-aligned, so the pointer is in bounds and 8-aligned.
         unsafe { self.region.as_ptr().add(HEADER_LEN + off) as *mut u64 }
@@ -635,17 +704,18 @@ impl Ring {
         let h = self.hdr();
         let len = small.len() as u32;
         let rec = REC + pad8(len);
-        if try_lock(self.prod_lock(), ipc::cached_pid()) {
+        if try_lock(self.prod_lock(), owner()) {
             let held = Held {
                 lock: self.prod_lock(),
                 wake: &h.not_empty.word,
             };
             let (tail, puts) = split(h.tail_puts.0.load(Ordering::Relaxed));
             if h.meta.closed.load(Ordering::Acquire) == 0
+                && tail & 7 == 0
                 && self.has_item_room(puts)
                 && self.has_room(tail, rec)
             {
-                self.write_small(tail + REC, small);
+                self.write_small(tail.wrapping_add(REC), small);
                 self.write_header(tail, len, WHOLE, 0);
                 self.publish_quiet(tail.wrapping_add(rec), puts.wrapping_add(1));
                 return Ok(());
@@ -765,14 +835,13 @@ impl Ring {
         while !self.has_room(tail, need) {
             // `has_room` has just refreshed the cached head.
             let hg = h.prod.cached_head_gets.load(Ordering::Relaxed);
-            if free(hg).is_none() {
-                return Err(Fail::Io(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "queue memory is corrupted (head is past tail)",
-                )));
+            if free(hg).is_none() || split(hg).0 & 7 != 0 {
+                return Err(self.positions_corrupt(split(hg).0, tail));
             }
-            if check_closed && h.meta.closed.load(Ordering::Acquire) != 0 {
-                return Err(Fail::Closed);
+            if h.meta.closed.load(Ordering::Acquire) & CORRUPT != 0
+                || (check_closed && h.meta.closed.load(Ordering::Acquire) != 0)
+            {
+                return Err(self.closed_fail());
             }
             let want = need.saturating_add(ROOM_BATCH).min(self.cap);
             let enough = |p: u64| free(p).is_some_and(|f| f >= want);
@@ -788,7 +857,7 @@ impl Ring {
             // `has_item_room` has just refreshed the cached head.
             let hg = h.prod.cached_head_gets.load(Ordering::Relaxed);
             if h.meta.closed.load(Ordering::Acquire) != 0 {
-                return Err(Fail::Closed);
+                return Err(self.closed_fail());
             }
             let batch = (self.maxsize / 8).max(1);
             // Like `room`: wait for a batch of free items while spinning.
@@ -808,7 +877,7 @@ impl Ring {
         wait: Wait,
     ) -> Result<(), Fail> {
         let h = self.hdr();
-        let me = ipc::cached_pid();
+        let me = owner();
         if lock(self.prod_lock(), me, wait)? {
             h.meta.recovered.fetch_add(1, Ordering::Relaxed);
             h.prod.streaming.store(0, Ordering::Release);
@@ -818,9 +887,12 @@ impl Ring {
             wake: &h.not_empty.word,
         };
         if h.meta.closed.load(Ordering::Acquire) != 0 {
-            return Err(Fail::Closed);
+            return Err(self.closed_fail());
         }
         let (tail, puts) = split(h.tail_puts.0.load(Ordering::Relaxed));
+        if tail & 7 != 0 {
+            return Err(self.fail_corrupt(format!("tail {tail} is not 8-aligned")));
+        }
         self.item_room(puts, wait)?;
         let has_fds = send_fds.is_some();
         let flags = if has_fds { FLAG_FDS } else { 0 };
@@ -834,12 +906,12 @@ impl Ring {
         if len <= u32::MAX - 16 && REC + pad8(len) <= self.max_record() {
             let rec = REC + pad8(len);
             self.room(tail, rec, wait, true)?;
-            let mut at = tail + REC;
+            let mut at = tail.wrapping_add(REC);
             if let Some(send) = send_fds {
                 let seq = h.prod.fd_seq.fetch_add(1, Ordering::Relaxed);
                 send(seq, wait)?;
                 self.write_bytes(at, &seq.to_le_bytes());
-                at += 8;
+                at = at.wrapping_add(8);
             }
             self.write_bytes(at, payload);
             self.write_header(tail, len, WHOLE, flags);
@@ -876,14 +948,14 @@ impl Ring {
                 }
                 return Err(e);
             }
-            let mut at = tail + REC;
+            let mut at = tail.wrapping_add(REC);
             let mut flags = 0;
             if first {
                 if let Some(send) = send_fds.take() {
                     let seq = h.prod.fd_seq.fetch_add(1, Ordering::Relaxed);
                     send(seq, wait)?;
                     self.write_bytes(at, &seq.to_le_bytes());
-                    at += 8;
+                    at = at.wrapping_add(8);
                     flags = FLAG_FDS;
                 }
             }
@@ -1000,7 +1072,7 @@ impl Ring {
     #[inline]
     fn take_small(&self, small: &mut Small, patient: bool) -> SmallGet {
         let h = self.hdr();
-        if !try_lock(self.cons_lock(), ipc::cached_pid()) {
+        if !try_lock(self.cons_lock(), owner()) {
             return SmallGet::No;
         }
         let _held = Held {
@@ -1010,17 +1082,24 @@ impl Ring {
         let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
         let (tp, fresh) = self.known_tail(head);
         let ahead = split(tp).0.wrapping_sub(head);
-        if ahead == 0 || h.cons.state.load(Ordering::Relaxed) != IDLE {
+        // Anything unusual (including positions or flags no correct process writes: the
+        // general path reports them) takes the general path.
+        if ahead == 0
+            || ahead > self.cap
+            || head & 7 != 0
+            || h.cons.state.load(Ordering::Relaxed) != IDLE
+            || h.meta.closed.load(Ordering::Relaxed) & CORRUPT != 0
+        {
             return SmallGet::No;
         }
         if patient && fresh && ahead < self.slip() {
             return SmallGet::AtHeels(head);
         }
         let (len, kind, flags) = self.read_header(head);
-        if kind != WHOLE || flags != 0 || len as usize > SMALL {
+        if kind != WHOLE || flags != 0 || len as usize > SMALL || REC + pad8(len) > ahead {
             return SmallGet::No;
         }
-        self.read_small(head + REC, len, small);
+        self.read_small(head.wrapping_add(REC), len, small);
         self.advance_quiet(head.wrapping_add(REC + pad8(len)), gets.wrapping_add(1));
         SmallGet::Taken
     }
@@ -1038,28 +1117,37 @@ impl Ring {
         wait: Wait,
     ) -> Result<Got, Fail> {
         let h = self.hdr();
-        let me = ipc::cached_pid();
+        let me = owner();
         out.clear();
         fds.clear();
         loop {
             if lock(self.cons_lock(), me, wait)? {
                 h.meta.recovered.fetch_add(1, Ordering::Relaxed);
-                // The rest of a message the dead consumer was reading is skipped (and counted
-                // as dropped where the skipping ends).
-                if h.cons.state.load(Ordering::Relaxed) == READING {
-                    h.cons.state.store(SKIPPING, Ordering::Relaxed);
-                }
             }
             let held = Held {
                 lock: self.cons_lock(),
                 wake: &h.not_full.word,
             };
+            // A consumer reads a streamed message holding the lock to its end, so a `READING`
+            // found on taking the lock was left by a consumer that died (or written by another
+            // process): the rest of that message is skipped (and counted as dropped where the
+            // skipping ends).
+            if h.cons.state.load(Ordering::Relaxed) == READING {
+                h.cons.state.store(SKIPPING, Ordering::Relaxed);
+            }
+            // When the last chunk of a streamed message that this call is reading arrived.
+            let mut progress = Instant::now();
             loop {
+                if h.meta.closed.load(Ordering::Relaxed) & CORRUPT != 0 {
+                    return Err(self.closed_fail());
+                }
                 let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
                 let (tp, _) = self.known_tail(head);
+                let avail = self.published(head, split(tp).0)?;
                 let state = h.cons.state.load(Ordering::Relaxed);
-                if split(tp).0 != head {
-                    match self.take_record(head, gets, state, out, fds, recv_fds, small)? {
+                if avail != 0 {
+                    progress = Instant::now();
+                    match self.take_record(head, avail, gets, state, out, fds, recv_fds, small)? {
                         Taken::Whole(got) => return Ok(got),
                         Taken::Partial => continue,
                     }
@@ -1075,16 +1163,38 @@ impl Ring {
                         h.meta.dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let until = Wait::Until(Instant::now() + TICK);
-                    match self.wait_for_producers(tp, until) {
-                        Ok(()) => {}
-                        Err(Fail::Timeout) => self.recover_dead_producer(me),
+                    match self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK)) {
+                        Ok(()) | Err(Fail::Timeout) => {}
                         Err(e) => return Err(e),
+                    }
+                    if h.tail_puts.0.load(Ordering::Acquire) != tp || progress.elapsed() < TICK {
+                        continue;
+                    }
+                    // A whole tick without a chunk. A dead (or absent) streaming producer:
+                    // close its stream and drop the partial message; then wait for the next
+                    // message as long as the caller allows.
+                    if self.recover_stalled_stream(me) {
+                        out.clear();
+                        fds.clear();
+                        h.cons.state.store(IDLE, Ordering::Relaxed);
+                        h.meta.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Its producer lives but stalls. A caller whose time is up gets it back: the
+                    // rest of the message is skipped (and counted as dropped where it ends).
+                    if wait.slice().is_none() {
+                        out.clear();
+                        fds.clear();
+                        h.cons.state.store(SKIPPING, Ordering::Relaxed);
+                        return Err(match wait {
+                            Wait::Now => Fail::WouldBlock,
+                            _ => Fail::Timeout,
+                        });
                     }
                     continue;
                 }
                 if h.meta.closed.load(Ordering::Acquire) != 0 {
-                    return Err(Fail::Closed);
+                    return Err(self.closed_fail());
                 }
                 drop(held);
                 self.wait_for_producers(tp, wait)?;
@@ -1098,23 +1208,27 @@ impl Ring {
         self.hdr().meta.dropped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Called by a consumer waiting in the middle of a stream: if the producer lock's owner is
-    /// dead, take the lock over, close the stream, release.
-    fn recover_dead_producer(&self, me: u32) {
+    /// Called by a consumer that waited a whole tick in the middle of a stream: if the producer
+    /// lock is free (the streaming flag is stale: no correct process leaves it so) or its
+    /// owner is dead, take the lock, close the stream, release; `true` when the stream is
+    /// closed that way.
+    fn recover_stalled_stream(&self, me: u64) -> bool {
         let h = self.hdr();
-        let owner = h.prod.lock.load(Ordering::Relaxed);
-        if owner != 0
-            && owner != me
-            && !ipc::pid_alive(owner)
-            && h.prod
+        let owner = h.prod.lock.load(Ordering::Acquire);
+        if owner_alive(owner, me)
+            || h.prod
                 .lock
                 .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+                .is_err()
         {
-            h.meta.recovered.fetch_add(1, Ordering::Relaxed);
-            h.prod.streaming.store(0, Ordering::Release);
-            release(self.prod_lock(), &h.not_empty.word);
+            return false;
         }
+        if owner != 0 {
+            h.meta.recovered.fetch_add(1, Ordering::Relaxed);
+        }
+        h.prod.streaming.store(0, Ordering::Release);
+        release(self.prod_lock(), &h.not_empty.word);
+        true
     }
 
     /// Consumes the record at `head`.
@@ -1122,6 +1236,7 @@ impl Ring {
     fn take_record(
         &self,
         head: u32,
+        avail: u32,
         gets: u32,
         state: u32,
         out: &mut Vec<u8>,
@@ -1131,15 +1246,24 @@ impl Ring {
     ) -> Result<Taken, Fail> {
         let h = self.hdr();
         let (len, kind, flags) = self.read_header(head);
-        if len > self.max_record() || !(WHOLE..=ABORT).contains(&kind) {
-            return Err(Fail::Io(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("queue memory is corrupted (record kind {kind}, length {len})"),
+        // Every field is checked before it is used: the length against the largest record and
+        // the bytes published (so `REC + pad8(len)` cannot overflow), the flags against the
+        // kinds that carry descriptors and the sequence number's room.
+        if len > self.max_record()
+            || !(WHOLE..=ABORT).contains(&kind)
+            || REC + pad8(len) > avail
+            || flags & !FLAG_FDS != 0
+            || (flags & FLAG_FDS != 0 && (len < 8 || !matches!(kind, WHOLE | FIRST)))
+        {
+            return Err(self.fail_corrupt(format!(
+                "record at {head}: kind {kind}, flags {flags:#x}, length {len} \
+                 ({avail} bytes published, records at most {})",
+                self.max_record()
             )));
         }
         let next = head.wrapping_add(REC + pad8(len));
         if kind == WHOLE && flags == 0 && state == IDLE && len as usize <= SMALL {
-            self.read_small(head + REC, len, small);
+            self.read_small(head.wrapping_add(REC), len, small);
             // The caller returns at once, releasing the lock.
             self.advance_quiet(next, gets.wrapping_add(1));
             return Ok(Taken::Whole(Got::Small));
@@ -1153,13 +1277,13 @@ impl Ring {
                 }
                 out.clear();
                 fds.clear();
-                let mut at = head + REC;
+                let mut at = head.wrapping_add(REC);
                 let mut body = len;
                 let mut lost = false;
                 if flags & FLAG_FDS != 0 {
                     let seq = self.read_u64(at);
-                    at += 8;
-                    body -= 8;
+                    at = at.wrapping_add(8);
+                    body -= 8; // len >= 8 with FLAG_FDS (checked above)
                     lost = !recv_fds(seq, fds)?;
                 }
                 if kind == WHOLE {
@@ -1188,7 +1312,7 @@ impl Ring {
             }
             MIDDLE => {
                 match state {
-                    READING => self.read_bytes(head + REC, len as usize, out),
+                    READING => self.read_bytes(head.wrapping_add(REC), len as usize, out),
                     IDLE => set_state(SKIPPING),
                     _ => {}
                 }
@@ -1197,7 +1321,7 @@ impl Ring {
             }
             LAST => {
                 if state == READING {
-                    self.read_bytes(head + REC, len as usize, out);
+                    self.read_bytes(head.wrapping_add(REC), len as usize, out);
                     set_state(IDLE);
                     self.advance(next, gets.wrapping_add(1));
                     return Ok(Taken::Whole(Got::Copied));
@@ -1243,7 +1367,12 @@ impl Ring {
 
     pub(crate) fn close(&self) {
         let h = self.hdr();
-        h.meta.closed.store(1, Ordering::SeqCst);
+        h.meta.closed.fetch_or(1, Ordering::SeqCst);
+        self.wake_everyone();
+    }
+
+    fn wake_everyone(&self) {
+        let h = self.hdr();
         for w in [&h.not_empty, &h.not_full] {
             w.word.fetch_add(2, Ordering::SeqCst);
             futex_wake(&w.word, i32::MAX as u32);
@@ -1251,7 +1380,51 @@ impl Ring {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.hdr().meta.closed.load(Ordering::Acquire) != 0
+        self.hdr().meta.closed.load(Ordering::Acquire) & 1 != 0
+    }
+
+    /// Whether the queue was found corrupted (by any process).
+    pub(crate) fn is_corrupt(&self) -> bool {
+        self.hdr().meta.closed.load(Ordering::Acquire) & CORRUPT != 0
+    }
+
+    /// The failure of an operation that found `closed` set: `Corrupt` when the queue was
+    /// found corrupted, `Closed` otherwise.
+    #[cold]
+    fn closed_fail(&self) -> Fail {
+        if self.is_corrupt() {
+            corrupt("the queue was found corrupted earlier (the corrupt flag is set)".into())
+        } else {
+            Fail::Closed
+        }
+    }
+
+    /// Marks the queue corrupted for every process (they fail from their next operation on),
+    /// wakes every sleeper, and returns the failure naming `what`.
+    #[cold]
+    fn fail_corrupt(&self, what: String) -> Fail {
+        self.hdr().meta.closed.fetch_or(CORRUPT, Ordering::SeqCst);
+        self.wake_everyone();
+        corrupt(format!("queue memory is corrupted: {what}"))
+    }
+
+    /// Head and tail that no correct process writes.
+    #[cold]
+    fn positions_corrupt(&self, head: u32, tail: u32) -> Fail {
+        self.fail_corrupt(format!(
+            "head {head} and tail {tail} (each must be 8-aligned, tail at most {} bytes past head)",
+            self.cap
+        ))
+    }
+
+    /// Bytes published after `head` up to `tail`, checked: both 8-aligned, at most the ring.
+    #[inline]
+    fn published(&self, head: u32, tail: u32) -> Result<u32, Fail> {
+        let avail = tail.wrapping_sub(head);
+        if (head | tail) & 7 != 0 || avail > self.cap {
+            return Err(self.positions_corrupt(head, tail));
+        }
+        Ok(avail)
     }
 
     pub(crate) fn dropped(&self) -> u32 {
@@ -1318,17 +1491,30 @@ impl Ring {
         }
     }
 
-    /// Test support: the pid holding the producer (`false`) or consumer (`true`) lock.
+    /// Test support: the thread id holding the producer (`false`) or consumer (`true`) lock.
     pub(crate) fn lock_owner(&self, consumer: bool) -> Option<u32> {
         let h = self.hdr();
         let w = if consumer { &h.cons.lock } else { &h.prod.lock };
         let owner = w.load(Ordering::Acquire);
-        (owner != 0).then_some(owner)
+        (owner != 0).then_some(split(owner).0)
+    }
+
+    /// Test support (hostile peers): stores `value` in the 8-aligned word at byte `offset` of
+    /// the queue's memory (header, then ring); `false` when there is no such word.
+    pub(crate) fn poke(&self, offset: usize, value: u64) -> bool {
+        if offset % 8 != 0 || offset + 8 > self.region.len() {
+            return false;
+        }
+        // SAFETY: in bounds and 8-aligned (the region is page-aligned); shared memory that
+        // every process only accesses atomically or as plain bytes that are validated.
+        let w = unsafe { &*(self.region.as_ptr().add(offset) as *const AtomicU64) };
+        w.store(value, Ordering::SeqCst);
+        true
     }
 
     /// Test support: takes the producer lock and returns with it held, never to release it.
     pub(crate) fn hold_producer_lock(&self) -> Result<(), Fail> {
-        lock(self.prod_lock(), ipc::cached_pid(), Wait::Forever).map(|_| ())
+        lock(self.prod_lock(), owner(), Wait::Forever).map(|_| ())
     }
 
     /// Test support: takes the consumer lock, reads the first chunk of a streamed message (or a
@@ -1336,7 +1522,7 @@ impl Ring {
     /// then hangs until it is killed.
     pub(crate) fn hold_consumer_lock_mid_message(&self) -> Result<(), Fail> {
         let h = self.hdr();
-        let me = ipc::cached_pid();
+        let me = owner();
         lock(self.cons_lock(), me, Wait::Forever)?;
         loop {
             let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
@@ -1345,8 +1531,10 @@ impl Ring {
                 let state = h.cons.state.load(Ordering::Relaxed);
                 let mut out = Vec::new();
                 let mut fds = Vec::new();
+                let avail = self.published(head, split(tp).0)?;
                 self.take_record(
                     head,
+                    avail,
                     gets,
                     state,
                     &mut out,
@@ -1360,5 +1548,88 @@ impl Ring {
             }
             let _ = self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK));
         }
+    }
+}
+
+/// The `ring_records` fuzz target (see `crate::fuzz`): a real ring of [`MIN_CAPACITY`] bytes,
+/// a prelude of puts (and a get) by the crate itself, then words of its memory overwritten as a
+/// hostile peer would, then a few non-blocking puts and gets. Input: `maxsize`, the prelude
+/// byte (bits 0-2: small puts; 3: a put with descriptors; 4: a put of 600 bytes; 5: a get
+/// first; 6: positions near the end of the ring first), 8 operation bytes, then entries of 10
+/// bytes: a word index (`u16`, modulo the words of the memory) and its new value (`u64`), at
+/// most 64. Every operation must return; errors are fine.
+pub(crate) fn fuzz_records(data: &[u8]) {
+    let Some((&maxsize, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&prelude, rest)) = rest.split_first() else {
+        return;
+    };
+    let (ops, words) = rest.split_at(rest.len().min(8));
+    let Ok(ring) = Ring::create(MIN_CAPACITY, maxsize as u32) else {
+        return;
+    };
+    let h = ring.hdr();
+    let payload = [0xa5u8; 900];
+    let mut send = |_: u64, _: Wait| -> Result<(), Fail> { Ok(()) };
+    let mut recv = |seq: u64, _: &mut Vec<OwnedFd>| -> io::Result<bool> { Ok(seq % 2 == 0) };
+    let (mut out, mut fds, mut small) = (Vec::new(), Vec::new(), Small::new());
+    if prelude & 64 != 0 {
+        let pos = MIN_CAPACITY as u32 - 16;
+        h.tail_puts.0.store(pack(pos, 0), Ordering::Relaxed);
+        h.head_gets.0.store(pack(pos, 0), Ordering::Relaxed);
+    }
+    for i in 0..prelude & 7 {
+        let mut s = Small::new();
+        s.extend(&payload[..(i as usize * 13) % SMALL]);
+        let _ = ring.put_small(&s, Wait::Now);
+    }
+    if prelude & 8 != 0 {
+        let _ = ring.put(&payload[..40], Some(&mut send), Wait::Now);
+    }
+    if prelude & 16 != 0 {
+        let _ = ring.put(&payload[..600], None, Wait::Now);
+    }
+    if prelude & 32 != 0 {
+        let _ = ring.get(&mut out, &mut fds, &mut recv, &mut small, Wait::Now);
+    }
+    let n_words = (HEADER_LEN + MIN_CAPACITY) / 8;
+    for w in words.chunks_exact(10).take(64) {
+        let index = u16::from_le_bytes([w[0], w[1]]) as usize % n_words;
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&w[2..]);
+        ring.poke(index * 8, u64::from_le_bytes(v));
+    }
+    // A stream "in progress" makes a consumer wait a tick for its producer; that wait (and
+    // the recovery after it) is tested in tests/queue_hostile.rs, not here: no blocking calls.
+    h.prod.streaming.store(0, Ordering::Relaxed);
+    for &op in ops {
+        let len = (op >> 3) as usize;
+        let _ = match op % 6 {
+            0 => ring
+                .get_small(&mut small, false)
+                .then_some(())
+                .ok_or(Fail::WouldBlock),
+            1 => {
+                let mut s = Small::new();
+                s.extend(&payload[..len * 8 % (SMALL + 1)]);
+                ring.put_small(&s, Wait::Now)
+            }
+            2 => ring.put(&payload[..len * 28], None, Wait::Now),
+            3 => ring.put(&payload[..len], Some(&mut send), Wait::Now),
+            4 => {
+                let _ = (
+                    ring.qsize(),
+                    ring.used(),
+                    ring.is_closed(),
+                    ring.task_done(),
+                );
+                Ok(())
+            }
+            _ => ring
+                .get(&mut out, &mut fds, &mut recv, &mut small, Wait::Now)
+                .map(|_| ()),
+        };
+        h.prod.streaming.store(0, Ordering::Relaxed);
     }
 }

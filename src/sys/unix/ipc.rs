@@ -1,11 +1,9 @@
-//! Syscalls of the queue: the calling process's pid (cached, reset in forked children), whether
-//! a pid is still running, and the datagram socket that carries a queue message's descriptors.
+//! Syscalls of the queue: the datagram socket that carries a queue message's descriptors. (The
+//! queue's lock owners use the crate's one owner identity, `sys::sync`.)
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Once;
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
@@ -16,63 +14,6 @@ use rustix::net::{
 
 use super::retry;
 use super::socket::MAX_FDS;
-
-static PID: AtomicU32 = AtomicU32::new(0);
-static ATFORK: Once = Once::new();
-
-extern "C" fn forget_pid_in_child() {
-    // Async-signal-safe: one atomic store.
-    PID.store(0, Ordering::Relaxed);
-}
-
-/// The calling process's pid, without a syscall after the first call (`getpid` is a real
-/// syscall in current glibc). A `pthread_atfork` child handler clears the cache, so a forked
-/// child (by this crate or anyone else) asks the kernel again.
-#[inline]
-pub(crate) fn cached_pid() -> u32 {
-    let pid = PID.load(Ordering::Relaxed);
-    if pid != 0 {
-        return pid;
-    }
-    fetch_pid()
-}
-
-#[cold]
-fn fetch_pid() -> u32 {
-    register_at_fork();
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    PID.store(pid, Ordering::Relaxed);
-    pid
-}
-
-/// Registers the fork handler that clears the cached pid (once per process).
-pub(crate) fn register_at_fork() {
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only does an atomic store; no pointers are kept.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
-    });
-}
-
-/// Whether process `pid` is still running: it exists and is not a zombie (a killed child
-/// that its parent has not reaped yet is dead for this purpose).
-pub(crate) fn pid_alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks for existence and permission.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    if r != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z") | Some("X") | Some("x"))
-        }
-        // /proc not mounted: trust kill().
-        Err(e) if e.kind() == io::ErrorKind::NotFound => r == 0,
-        Err(_) => true,
-    }
-}
 
 /// A connected pair of `AF_UNIX` datagram sockets, close-on-exec.
 pub(crate) fn dgram_pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -152,17 +93,4 @@ pub(crate) fn recv_dgram(
         }
     }
     Ok(Some(msg.bytes))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_pid_is_alive_and_cached() {
-        let me = cached_pid();
-        assert_eq!(me, std::process::id());
-        assert!(pid_alive(me));
-        assert!(!pid_alive(0x3fff_fff0));
-    }
 }

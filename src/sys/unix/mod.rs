@@ -24,7 +24,6 @@ use std::io;
 /// another thread is in the middle of.
 pub(crate) fn before_fork() {
     sync::register_at_fork();
-    ipc::register_at_fork();
     let _ = socket::dev_null();
     let _ = build_id::build_id();
 }
