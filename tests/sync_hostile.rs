@@ -387,6 +387,29 @@ fn barrier_words_written_by_a_peer() {
             all.sort();
             assert_eq!(all, [0, 1, 2], "{m}");
 
+            // Written over while a party waits: its next liveness check breaks the round,
+            // long before its own timeout.
+            let waiter = {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    let t = Instant::now();
+                    let r = b.wait_timeout(Duration::from_secs(60));
+                    (r, t.elapsed())
+                })
+            };
+            assert!(eventually(20, || b.n_waiting() == 1), "{m}");
+            release(peer(
+                m,
+                Target::Barrier(b.clone()),
+                vec![(B_COUNT, W::Lit(1000))],
+                false,
+            ));
+            let (r, took) = waiter.join().unwrap();
+            assert!(r.is_err(), "{m}: {r:?}");
+            assert!(took < Duration::from_secs(20), "{m}: took {took:?}");
+            assert!(r.unwrap_err().to_string().contains("written over"), "{m}");
+            b.reset();
+
             // The barrier's lock held by a live thread that never wrote its owner word: a
             // timed wait ends on time all the same.
             let p = peer(
