@@ -437,14 +437,13 @@ fn launch_fork(
 // Spawn
 
 fn launch_spawn(entry: i64, args: &Encoded, info: ChildInfo) -> Result<Launched, ProcessError> {
-    let daemon = info.daemon;
     let boot = Bootstrap {
         build_id: build_id::build_id(),
         entry,
         info,
         args: args.bytes.clone(),
     };
-    let (parent_end, pid) = exec_self("spawn", daemon).map_err(ProcessError::start)?;
+    let (parent_end, pid) = exec_self("spawn").map_err(ProcessError::start)?;
     // SAFETY: the argument value is borrowed by `start` for this whole call.
     #[allow(unsafe_code)]
     let fds = unsafe { args.borrowed_fds() };
@@ -468,7 +467,7 @@ fn launch_spawn(entry: i64, args: &Encoded, info: ChildInfo) -> Result<Launched,
 
 /// Executes a fresh copy of this program whose bootstrap socket is `<role>:<fd>`; returns the
 /// parent's end of that socket and the child's pid.
-fn exec_self(role: &str, die_with_parent: bool) -> io::Result<(Connection, i32)> {
+fn exec_self(role: &str) -> io::Result<(Connection, i32)> {
     let (parent_end, child_end) = socket::socketpair()?;
     // Above the standard streams (one of them may be closed in this process), which the
     // child keeps, and where its bootstrap check expects it.
@@ -478,7 +477,6 @@ fn exec_self(role: &str, die_with_parent: bool) -> io::Result<(Connection, i32)>
         child_end
     };
     let child_fd = child_end.as_raw_fd();
-    let parent_pid = sysproc::getpid();
     let argv0 = std::env::args_os()
         .next()
         .unwrap_or_else(|| "multiprocess-child".into());
@@ -497,9 +495,7 @@ fn exec_self(role: &str, die_with_parent: bool) -> io::Result<(Connection, i32)>
             // Only stdio and the bootstrap socket reach the new program: descriptors the
             // parent left inheritable (not close-on-exec) do not leak into it.
             sysproc::close_other_fds(child_fd);
-            if die_with_parent && !sysproc::die_with_parent(parent_pid) {
-                return Err(io::Error::other("the parent exited during spawn"));
-            }
+
             Ok(())
         })
     };
@@ -575,7 +571,7 @@ impl ForkServer {
     fn start() -> Result<ForkServer, ProcessError> {
         // Not a daemon of the calling thread: the server notices its client's exit through
         // end of file on `ctl`, which works whatever thread started it.
-        let (ctl, pid) = exec_self("forkserver", false).map_err(ProcessError::start)?;
+        let (ctl, pid) = exec_self("forkserver").map_err(ProcessError::start)?;
         wait_started(&ctl, pid)?;
         Ok(ForkServer {
             pid,
@@ -782,7 +778,12 @@ fn spawn_child_main(conn: Connection) -> ! {
         let _ = conn.send(&Status::Failed(msg));
         sysproc::exit_now(1);
     }
-    let parent_pid = sysproc::getppid();
+    // The process that made the bootstrap socket is the parent, even if it has died and
+    // this one was handed to a reaper meanwhile.
+    let parent_pid = socket::peer_pid(conn.as_fd()).unwrap_or_else(sysproc::getppid);
+    if boot.info.daemon && !sysproc::die_with_parent(parent_pid) {
+        sysproc::exit_now(1);
+    }
     let _ = conn.send(&Status::Started {
         pid: sysproc::getpid(),
     });

@@ -54,6 +54,38 @@ fn daemon_child_dies_when_its_parent_is_sigkilled() {
 }
 
 #[test]
+fn a_daemon_child_outlives_the_thread_that_started_it_but_not_the_process() {
+    deadline(60, || {
+        for m in METHODS {
+            let mut parent = Command::new(HELPER)
+                .args(["daemon-from-thread-then-wait", m.name()])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(parent.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let child: i32 = line
+                .trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{m}: {line:?}"));
+            // The thread that started it ended 300 ms before the pid was printed.
+            assert!(
+                !dead(child),
+                "{m}: the daemon child died with its starting thread"
+            );
+            parent.kill().unwrap();
+            parent.wait().unwrap();
+            assert!(
+                eventually(5, || dead(child)),
+                "{m}: daemon child {child} outlived its parent process"
+            );
+        }
+    });
+}
+
+#[test]
 fn normal_exit_joins_non_daemon_children() {
     deadline(60, || {
         for m in METHODS {

@@ -49,6 +49,26 @@ fn main() {
             out.flush().unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        // Start a daemon child from a thread that then exits, print its pid, wait to be
+        // killed: the child must outlive the thread and die with this process.
+        "daemon-from-thread-then-wait" => {
+            let pid = std::thread::spawn(move || {
+                let p = Process::builder()
+                    .start_method(method)
+                    .daemon(true)
+                    .start(sleep_ms, 60_000)
+                    .unwrap();
+                let pid = p.pid().unwrap();
+                std::mem::forget(p);
+                pid
+            })
+            .join()
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            writeln!(out, "{pid}").unwrap();
+            out.flush().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+        }
         // Start a non-daemon child that writes a file after a while, and return from main at
         // once: the exit handler must join it.
         "exit-joins" => {

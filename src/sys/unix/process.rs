@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags};
 
 use super::{cvt, cvt_r};
 
@@ -129,12 +129,55 @@ pub(crate) const SIGTERM: i32 = libc::SIGTERM;
 /// `SIGKILL`'s number.
 pub(crate) const SIGKILL: i32 = libc::SIGKILL;
 
-/// Asks the kernel to SIGKILL this process when its parent (thread) exits. Returns whether the
-/// parent is still `expected_parent` afterwards (it may have died before the call).
-/// Async-signal-safe: usable between fork and exec.
+/// The parent process a daemon child dies with (0: none).
+static DIE_WITH: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// The signal the kernel sends a daemon child when its parent *thread* exits
+/// (`PR_SET_PDEATHSIG` is per thread): the highest real-time signal, which programs seldom
+/// use. Its handler ends the child only if the parent *process* is gone.
+fn parent_death_signal() -> i32 {
+    libc::SIGRTMAX()
+}
+
+extern "C" fn on_parent_death(_: libc::c_int) {
+    // A thread of the parent exited: the kernel moved this child to another thread of the
+    // same process (same pid), or, when the last one exited, to a reaper (another pid).
+    let expected = DIE_WITH.load(std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: getppid, getpid and kill are async-signal-safe.
+    unsafe {
+        if expected != 0 && libc::getppid() != expected {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Makes this process die (SIGKILL) when the process `expected_parent` exits, whichever of
+/// its threads started this one: the kernel's parent-death signal fires at each exit of the
+/// thread this process hangs from, and a handler checks whether the whole parent process is
+/// gone. Returns whether the parent is still `expected_parent` (it may have died before the
+/// call). Async-signal-safe: usable in a forked child before it runs anything else.
 pub(crate) fn die_with_parent(expected_parent: i32) -> bool {
-    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    DIE_WITH.store(expected_parent, std::sync::atomic::Ordering::Relaxed);
+    let mut act: libc::sigaction = unsafe_zeroed_sigaction();
+    act.sa_sigaction = on_parent_death as *const () as usize;
+    act.sa_flags = libc::SA_RESTART;
+    // SAFETY: a valid sigaction with a handler that only makes async-signal-safe calls.
+    let installed =
+        unsafe { libc::sigaction(parent_death_signal(), &act, std::ptr::null_mut()) } == 0;
+    let signal = if installed {
+        parent_death_signal()
+    } else {
+        libc::SIGKILL
+    };
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong) };
     getppid() == expected_parent
+}
+
+fn unsafe_zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: sigaction is a plain C struct for which all zeros is a valid value (no handler,
+    // empty mask, no flags).
+    unsafe { std::mem::zeroed() }
 }
 
 /// Closes every descriptor from 3 up except `keep`, so that a program about to be executed

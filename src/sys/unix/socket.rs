@@ -259,3 +259,10 @@ pub(crate) fn adopt_inherited_socket(fd: i32) -> Result<OwnedFd, String> {
     // protocol leaves it to the child alone, and nothing else in the process names it.
     Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
+
+/// The pid of the process that made the other end of the Unix socket `fd` (for a socketpair,
+/// the process that called `socketpair`), from `SO_PEERCRED`.
+pub(crate) fn peer_pid(fd: BorrowedFd<'_>) -> Option<i32> {
+    let cred = rustix::net::sockopt::socket_peercred(fd).ok()?;
+    Some(cred.pid.as_raw_nonzero().get())
+}
