@@ -156,7 +156,15 @@ struct ChildState {
     /// `Some(Ok(code))` once reaped; `Some(Err(why))` when the exit status was lost.
     exit: Option<Result<i32, String>>,
     status_closed: bool,
+    /// A fork-server child whose server died before reporting its exit: from then on the
+    /// child's pidfd, not the server's exit channel, tells when it ends.
+    server_lost: bool,
 }
+
+/// The exit code of a fork-server child whose server died before it could report the child's
+/// status (the status is then unknowable: only a parent can collect it). Python reports the
+/// same 255.
+pub const EXITCODE_UNKNOWN: i32 = 255;
 
 /// The parent's record of one started child, shared by its `Process` and the registry.
 #[derive(Debug)]
@@ -228,11 +236,11 @@ impl ChildShared {
                 }
                 !st.status_closed
             };
-            let Some(sentinel) = &self.sentinel else {
+            let Some(sentinel) = self.sentinel_now() else {
                 self.reap();
                 return Ok(true);
             };
-            let mut fds = vec![sentinel.as_fd()];
+            let mut fds = vec![sentinel];
             if status_open {
                 fds.push(self.status.as_fd());
             }
@@ -243,7 +251,11 @@ impl ChildShared {
             }
             if ready[0] {
                 self.reap();
-                return Ok(true);
+                if self.ended() {
+                    return Ok(true);
+                }
+                // The fork server died, not the child: wait on the child's pidfd from now on.
+                continue;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) && !ready.iter().any(|r| *r) {
                 return Ok(false);
@@ -253,17 +265,32 @@ impl ChildShared {
 
     /// Like `wait(None)` but reads nothing from the child (for the exit handler).
     fn wait_quiet(&self) -> io::Result<()> {
-        if let Some(sentinel) = &self.sentinel {
-            if !self.ended() {
-                socket::poll_readable(&[sentinel.as_fd()], None)?;
+        loop {
+            if let Some(sentinel) = self.sentinel_now() {
+                if !self.ended() {
+                    socket::poll_readable(&[sentinel], None)?;
+                }
+            }
+            let _pumping = self.lock_pumping();
+            if self.ended() {
+                return Ok(());
+            }
+            if let Some(exit) = self.collect_exit() {
+                self.state().exit = Some(exit);
+                return Ok(());
             }
         }
-        let _pumping = self.lock_pumping();
-        if !self.ended() {
-            let exit = self.collect_exit();
-            self.state().exit = Some(exit);
+    }
+
+    /// What becomes readable when the child ends: its sentinel, or its pidfd once its fork
+    /// server is gone.
+    fn sentinel_now(&self) -> Option<BorrowedFd<'_>> {
+        if self.state().server_lost {
+            if let Some(fd) = &self.signal_fd {
+                return Some(fd.as_fd());
+            }
         }
-        Ok(())
+        self.sentinel.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Reads one complete status message if there is one.
@@ -299,7 +326,10 @@ impl ChildShared {
         if self.ended() {
             return;
         }
-        let exit = self.collect_exit();
+        let Some(exit) = self.collect_exit() else {
+            // Its fork server died; the child still runs.
+            return;
+        };
         // Everything the child wrote before exiting is in the socket buffer now.
         while !self.state().status_closed {
             match self.status.poll(Duration::ZERO) {
@@ -317,23 +347,45 @@ impl ChildShared {
         self.state().exit = Some(exit);
     }
 
-    fn collect_exit(&self) -> Result<i32, String> {
-        match &self.exit {
-            Some(exit) => match exit.recv_timeout::<Status>(Duration::from_secs(30)) {
-                Ok(Status::Exited(raw)) => Ok(sysproc::exitcode_of(raw)),
-                Ok(other) => Err(format!(
-                    "fork server sent {other:?} instead of an exit status"
-                )),
-                Err(e) => Err(format!(
-                    "the fork server did not report the exit status: {e}"
-                )),
-            },
+    /// The child's exit code, once it has ended; `None` for a fork-server child whose server
+    /// died while the child still runs (then `server_lost` is set, and its pidfd is the
+    /// sentinel from then on).
+    fn collect_exit(&self) -> Option<Result<i32, String>> {
+        Some(match &self.exit {
+            Some(exit) => {
+                let wait = if self.state().server_lost {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(30)
+                };
+                match exit.recv_timeout::<Status>(wait) {
+                    Ok(Status::Exited(raw)) => Ok(sysproc::exitcode_of(raw)),
+                    Ok(other) => Err(format!(
+                        "fork server sent {other:?} instead of an exit status"
+                    )),
+                    // The server is gone without a word on this child: the child's pidfd
+                    // says whether it ended; its status is lost with the server.
+                    Err(_) => match &self.signal_fd {
+                        Some(pidfd) => {
+                            match socket::poll_readable(&[pidfd.as_fd()], Some(Duration::ZERO)) {
+                                Ok(r) if !r[0] => {
+                                    self.state().server_lost = true;
+                                    return None;
+                                }
+                                _ => Ok(EXITCODE_UNKNOWN),
+                            }
+                        }
+                        // No pidfd: the child had already ended when it was started.
+                        None => Ok(EXITCODE_UNKNOWN),
+                    },
+                }
+            }
             None => match sysproc::waitpid(self.pid, false) {
                 Ok(Some(raw)) => Ok(sysproc::exitcode_of(raw)),
                 Ok(None) => Err("waitpid returned no status".into()),
                 Err(e) => Err(format!("cannot collect the exit status: {e}")),
             },
-        }
+        })
     }
 
     fn take_outcome(&self) -> Option<Outcome> {
@@ -713,7 +765,9 @@ impl<R: DeserializeOwned> Process<R> {
 
     /// The exit code once the child has ended (Python's `exitcode`): the code it exited with,
     /// `1` after a panic, minus the signal number when a signal killed it; `None` while it runs
-    /// or before it started.
+    /// or before it started. A fork-server child whose fork server died before it gets
+    /// [`EXITCODE_UNKNOWN`] (255, as in Python) once it has ended: only its parent, the dead
+    /// server, could have collected its status.
     pub fn exitcode(&self) -> Option<i32> {
         let c = self.child.as_ref()?;
         c.poll();
@@ -807,18 +861,18 @@ impl<R> Drop for Process<R> {
             unregister(&child);
             return;
         }
-        if child.method != StartMethod::ForkServer {
-            // Reap it when it ends, so it never lingers as a zombie.
-            let spawned = std::thread::Builder::new()
-                .name("multiprocess-reaper".into())
-                .spawn(move || {
-                    let _ = child.wait(None);
-                    unregister(&child);
-                });
-            // Without a thread, the registry still holds it: reaped at the next start,
-            // active_children() or exit.
-            drop(spawned);
-        }
+        // Reap it when it ends, so it never lingers as a zombie (fork and spawn children) and
+        // its descriptors (status and exit channels, pidfd: four for a fork-server child) are
+        // closed then, not at the next start.
+        let spawned = std::thread::Builder::new()
+            .name("multiprocess-reaper".into())
+            .spawn(move || {
+                let _ = child.wait(None);
+                unregister(&child);
+            });
+        // Without a thread, the registry still holds it: reaped at the next start,
+        // active_children() or exit.
+        drop(spawned);
     }
 }
 
