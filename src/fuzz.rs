@@ -38,3 +38,40 @@ pub fn value_header(data: &[u8]) {
 pub fn ring_records(data: &[u8]) {
     crate::queue::fuzz_ring_records(data);
 }
+
+/// A value as the crate decodes it from another process (Process arguments and results,
+/// Connection and Queue messages through `handle::decode`, Pool arguments and results through
+/// the pool's wire format), for a handful of shapes. Errors are fine; a panic, an abort or an
+/// allocation far beyond the input is not (sequence lengths come from the input, so a decoder
+/// that trusted them would try to reserve exabytes).
+pub fn value_decoder(data: &[u8]) {
+    use std::collections::HashMap;
+
+    #[derive(serde::Deserialize)]
+    #[allow(dead_code)]
+    enum Shape {
+        Unit,
+        Pair(u32, String),
+        Record {
+            id: u64,
+            tags: Vec<String>,
+            blob: crate::Bytes,
+        },
+        Nested(Option<Box<Shape>>),
+    }
+
+    macro_rules! shapes {
+        ($($m:ident)::+) => {{
+            let _ = $($m)::+::decode::<u64>(data, Vec::new());
+            let _ = $($m)::+::decode::<String>(data, Vec::new());
+            let _ = $($m)::+::decode::<Vec<u8>>(data, Vec::new());
+            let _ = $($m)::+::decode::<Vec<String>>(data, Vec::new());
+            let _ = $($m)::+::decode::<Option<Vec<u64>>>(data, Vec::new());
+            let _ = $($m)::+::decode::<HashMap<String, Vec<u8>>>(data, Vec::new());
+            let _ = $($m)::+::decode::<(char, i128, f32, bool)>(data, Vec::new());
+            let _ = $($m)::+::decode::<Vec<Shape>>(data, Vec::new());
+        }};
+    }
+    shapes!(crate::handle);
+    shapes!(crate::pool::wire);
+}
