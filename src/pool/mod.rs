@@ -179,9 +179,13 @@ impl Builder {
     }
 
     /// Every worker runs `f(arg)` when it starts, before any task (Python's `initializer`,
-    /// `initargs`). The argument may hold handles. If it fails (panics, or kills its worker),
-    /// the pool is broken: [`build`](Self::build) returns the error, and a replacement worker
-    /// whose initializer fails fails every pending task with it; none is started again.
+    /// `initargs`); no task is handed to a worker before its initializer has succeeded. The
+    /// argument may hold handles. If it fails (panics, or exits its worker), the pool is
+    /// broken: [`build`](Self::build) returns the error, and a replacement worker whose
+    /// initializer fails fails every pending task with it; none is started again. A worker
+    /// killed by a signal while it initializes (from outside, or a crash) is a lost worker and
+    /// is replaced; but when `3 * processes` workers in a row die before finishing anything,
+    /// the pool breaks with an error saying so, instead of starting workers without end.
     pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
     where
         F: Fn(A) + Copy + Send + Sync + 'static,

@@ -306,7 +306,15 @@ struct Supervisor {
     counter: usize,
     /// The buffer inline batches are built in, reused.
     scratch: Vec<u8>,
+    /// Workers that died in a row without finishing anything (no unit reported, no task of
+    /// theirs to blame): past [`FRUITLESS_DEATHS`], the pool breaks instead of starting more.
+    fruitless: usize,
 }
+
+/// How many workers per process may die in a row, each before finishing anything, before the
+/// pool gives up (a worker that crashes at start or in its initializer, again and again, would
+/// otherwise be replaced without end).
+const FRUITLESS_DEATHS: usize = 3;
 
 /// The result handler thread's body.
 pub(crate) fn run(shared: Arc<Shared>, config: Config, wake_rx: Connection) {
@@ -317,6 +325,7 @@ pub(crate) fn run(shared: Arc<Shared>, config: Config, wake_rx: Connection) {
         workers: Vec::new(),
         counter: 0,
         scratch: Vec::new(),
+        fruitless: 0,
     };
     for _ in 0..sup.config.processes {
         if let Err(e) = sup.start_worker(true) {
@@ -398,7 +407,9 @@ impl Supervisor {
 
     /// How many units worker `w` may take now (0: none), given the queue.
     fn room(&self, w: &Worker, st: &State) -> usize {
-        if w.dead || w.conn.is_none() || st.queue.is_empty() {
+        // No task goes to a worker whose initializer has not reported success: if it fails,
+        // nothing may have run there.
+        if w.dead || w.conn.is_none() || st.queue.is_empty() || !w.initialized {
             return 0;
         }
         let n = self.live();
@@ -689,11 +700,17 @@ impl Supervisor {
                 }
             }
             match unit.kind {
-                UnitKind::Task(sink) => sink.deliver(unit.start, unit.count, body, fds, pid),
+                UnitKind::Task(sink) => {
+                    self.fruitless = 0;
+                    sink.deliver(unit.start, unit.count, body, fds, pid)
+                }
                 UnitKind::Init => match UnitOut::<()>::decode(body, fds) {
                     Ok(UnitOut::All(_)) => {
                         self.workers[i].initialized = true;
+                        self.fruitless = 0;
                         self.check_ready();
+                        // It may take tasks now.
+                        self.dispatch();
                     }
                     Ok(UnitOut::Mixed(v)) => {
                         let message = v
@@ -838,28 +855,51 @@ impl Supervisor {
             None
         };
         let err = PoolError::new(Kind::WorkerLost { pid: w.pid, code });
+        // An initializer that ended its worker itself (an exit) failed; one whose worker was
+        // killed by a signal (from outside, or a crash) is a lost worker, replaced like any
+        // other, within the bound on workers that die before finishing anything.
+        let init_failed = code >= 0;
         let mut requeue = Vec::new();
         let mut broken = None;
+        let mut blamed_task = false;
         for (j, unit) in w.inflight.drain(..).enumerate() {
             if Some(j) == culprit {
                 match unit.kind {
-                    UnitKind::Init => {
+                    UnitKind::Init if init_failed => {
                         broken = Some(PoolError::new(Kind::Initializer {
                             pid: w.pid,
                             message: err.to_string(),
                         }))
                     }
-                    UnitKind::Task(_) => unit.fail(err.clone()),
+                    UnitKind::Init => {}
+                    UnitKind::Task(_) => {
+                        blamed_task = true;
+                        unit.fail(err.clone())
+                    }
                 }
             } else if matches!(unit.kind, UnitKind::Task(_)) {
                 requeue.push(unit);
             }
         }
-        if w.initial && !w.initialized && broken.is_none() {
+        if w.initial && !w.initialized && broken.is_none() && init_failed {
             broken = Some(PoolError::new(Kind::Initializer {
                 pid: w.pid,
                 message: err.to_string(),
             }));
+        }
+        if w.reported == 0 && !blamed_task {
+            self.fruitless += 1;
+            let limit = FRUITLESS_DEATHS * self.config.processes;
+            if broken.is_none() && self.fruitless >= limit {
+                broken = Some(PoolError::new(Kind::Initializer {
+                    pid: w.pid,
+                    message: format!(
+                        "{} workers in a row died before finishing anything (the last one: \
+                         {err}); the pool stops starting more",
+                        self.fruitless
+                    ),
+                }));
+            }
         }
         {
             let mut st = self.shared.lock();
