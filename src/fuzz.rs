@@ -75,3 +75,60 @@ pub fn value_decoder(data: &[u8]) {
     shapes!(crate::handle);
     shapes!(crate::pool::wire);
 }
+
+/// The frame reader, fed bytes as a peer's socket would carry them: `data` is written to a
+/// socket-only connection (at most 64 KiB, then end of file) and read back as messages until
+/// an error. Every header field (magic, descriptor count, length) comes from the input.
+pub fn frame_reader(data: &[u8]) {
+    let Ok((a, b)) = crate::connection::__socket_only_pair() else {
+        return;
+    };
+    b.set_max_message_len(1 << 20);
+    let data = &data[..data.len().min(64 << 10)];
+    let mut written = 0;
+    while written < data.len() {
+        match rustix::io::write(&a, &data[written..]) {
+            Ok(n) if n > 0 => written += n,
+            _ => break,
+        }
+    }
+    drop(a);
+    for _ in 0..1024 {
+        match b.recv_bytes_timeout(std::time::Duration::from_millis(100)) {
+            Ok(_) | Err(crate::ConnectionError::TooLarge { .. }) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// The handle decoder: `data` decoded as values holding handles, with a few real descriptors
+/// beside it (`/dev/null`, and a sealed memfd of the wrong layout), as a peer could send them.
+/// Every handle type must refuse what is not its own, and unclaimed descriptors are closed.
+pub fn handle_decoder(data: &[u8]) {
+    use std::os::fd::{AsFd, OwnedFd};
+    let Some((&n, data)) = data.split_first() else {
+        return;
+    };
+    let null = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+    let region = crate::region::Region::new("fuzz", 4096).ok();
+    let fds = || -> Vec<OwnedFd> {
+        (0..n % 4)
+            .filter_map(|i| match (i % 2, &null, &region) {
+                (0, Some(f), _) => f.try_clone().ok(),
+                (_, _, Some(r)) => r.as_fd().try_clone_to_owned().ok(),
+                _ => None,
+            })
+            .collect()
+    };
+    use crate::handle::decode;
+    let _ = decode::<(crate::handle::SharedFd, String)>(data, fds());
+    let _ = decode::<Vec<crate::handle::SharedFd>>(data, fds());
+    let _ = decode::<crate::Queue<u64>>(data, fds());
+    let _ = decode::<crate::Connection>(data, fds());
+    let _ = decode::<crate::Event>(data, fds());
+    let _ = decode::<crate::Lock>(data, fds());
+    let _ = decode::<crate::Value<u64>>(data, fds());
+    let _ = decode::<crate::Array<u32>>(data, fds());
+    let _ = decode::<crate::SharedMemory>(data, fds());
+    let _ = decode::<crate::Barrier>(data, fds());
+}

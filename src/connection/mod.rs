@@ -132,6 +132,19 @@ impl Pipe {
     }
 }
 
+/// A duplex pair without the shared-memory ring: every message is a frame on the socket.
+/// For tests and fuzzing that play a peer writing raw bytes (through the ends' descriptors);
+/// not part of the API.
+#[doc(hidden)]
+pub fn __socket_only_pair() -> io::Result<(Connection, Connection)> {
+    let _birth = handle::birth();
+    let (a, b) = socket::socketpair()?;
+    Ok((
+        Connection::with_fast(a, true, true, None),
+        Connection::with_fast(b, true, true, None),
+    ))
+}
+
 /// Why a [`Connection`] operation failed.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -159,6 +172,15 @@ pub enum ConnectionError {
     /// The message does not decode as the requested type; it was consumed, the connection stays
     /// usable.
     Decode(String),
+    /// A message's handles (descriptors) could not be received: this process is at its limit
+    /// of open files (`RLIMIT_NOFILE`), so the kernel dropped them. The message was consumed
+    /// and is lost; the connection stays usable for the next one.
+    HandlesLost {
+        /// How many the message carried.
+        announced: usize,
+        /// How many arrived (they were closed).
+        arrived: usize,
+    },
     /// Sending on the receiving end of a one-way pipe, or receiving on the sending end.
     WrongDirection(&'static str),
     /// An operating-system error.
@@ -193,6 +215,12 @@ impl fmt::Display for ConnectionError {
             ConnectionError::Malformed(why) => write!(f, "malformed frame, connection closed for receiving: {why}"),
             ConnectionError::Encode(why) => write!(f, "cannot send: {why}"),
             ConnectionError::Decode(why) => write!(f, "cannot receive: {why}"),
+            ConnectionError::HandlesLost { announced, arrived } => write!(
+                f,
+                "too many open files: a message's {announced} handles could not be received \
+                 ({arrived} arrived), so the message was lost; close descriptors or raise the \
+                 limit (RLIMIT_NOFILE, `ulimit -n`). The connection still works"
+            ),
             ConnectionError::WrongDirection(why) => f.write_str(why),
             ConnectionError::Io(e) => write!(f, "connection i/o error: {e}"),
         }
@@ -263,17 +291,31 @@ struct RecvState {
     payload_got: usize,
     /// The shared ring announced a frame on the socket, not fully read yet.
     socket_pending: bool,
+    /// The kernel dropped descriptors of the frame being read (`MSG_CTRUNC`).
+    fds_truncated: bool,
+    /// The frame being read lost its descriptors: (announced, arrived). Its payload is read
+    /// and dropped, and the message reported as lost.
+    handles_lost: Option<(usize, usize)>,
 }
 
 impl RecvState {
+    /// Forgets the frame being read, and gives its buffer back (after end of file or an
+    /// error, nothing of a large announced frame stays allocated).
     fn reset(&mut self) {
         self.socket_pending = false;
         self.header_got = 0;
         self.len = None;
         self.payload_got = 0;
+        self.payload = Vec::new();
         self.fds.clear();
+        self.fds_truncated = false;
+        self.handles_lost = None;
     }
 }
+
+/// The first allocation for a frame's payload, at most: later ones double what has arrived,
+/// so a header announcing gigabytes costs nothing until the bytes come.
+const FIRST_CHUNK: usize = 1 << 20;
 
 /// A received frame.
 struct Frame {
@@ -764,7 +806,7 @@ impl Connection {
             self.read_header(st, wait)?;
         }
         let len = st.len.unwrap_or(0);
-        if st.payload_got == 0 && len <= buf.len() as u64 {
+        if st.payload_got == 0 && len <= buf.len() as u64 && st.handles_lost.is_none() {
             // Straight into the caller's buffer.
             let len = len as usize;
             let mut got = 0;
@@ -812,6 +854,7 @@ impl Connection {
                 header,
                 header_got,
                 fds,
+                fds_truncated,
                 ..
             } = st;
             let n = match socket::recv_some(
@@ -819,14 +862,10 @@ impl Connection {
                 &mut header[*header_got..],
                 fds,
                 matches!(wait, Wait::Until(_)),
+                fds_truncated,
             ) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    self.broken.store(true, Ordering::Relaxed);
-                    st.reset();
-                    return Err(ConnectionError::Malformed(e.to_string()));
-                }
                 Err(e) => return Err(e.into()),
             };
             if n == 0 {
@@ -838,6 +877,15 @@ impl Connection {
         let magic = u32::from_le_bytes(st.header[0..4].try_into().unwrap_or_default());
         let nfds = u32::from_le_bytes(st.header[4..8].try_into().unwrap_or_default()) as usize;
         let len = u64::from_le_bytes(st.header[8..16].try_into().unwrap_or_default());
+        if magic == MAGIC && st.fds_truncated && st.fds.len() < nfds {
+            // The kernel could not give this process the message's descriptors: that message
+            // is lost, the stream is not. Its payload is read and dropped.
+            st.handles_lost = Some((nfds, st.fds.len()));
+            st.fds.clear();
+            st.len = Some(len);
+            st.payload_got = 0;
+            return Ok(());
+        }
         if magic != MAGIC || nfds != st.fds.len() {
             self.broken.store(true, Ordering::Relaxed);
             let why = if magic != MAGIC {
@@ -859,13 +907,12 @@ impl Connection {
     fn read_payload(&self, st: &mut RecvState, wait: Wait) -> Result<Frame, ConnectionError> {
         let len = st.len.unwrap_or(0);
         let max = self.max_len.load(Ordering::Relaxed);
-        if len > max {
+        if len > max || st.handles_lost.is_some() {
             return self.skip_payload(st, wait, len, max);
         }
-        let len = len as usize;
-        if st.payload_got == 0 {
-            st.payload = vec![0u8; len];
-        }
+        let Ok(len) = usize::try_from(len) else {
+            return self.skip_payload(st, wait, len, max);
+        };
         let mut progressed = false;
         while st.payload_got < len {
             // Honour the deadline even while data keeps coming; the next call resumes.
@@ -874,7 +921,24 @@ impl Connection {
             }
             progressed = true;
             let got = st.payload_got;
-            let n = self.read_more(&mut st.payload[got..len], wait)?;
+            if got == st.payload.len() {
+                // Room for what comes next, never for what is only announced: the first
+                // chunk, then as much again as has arrived. An allocation that fails is an
+                // error for this message, not an abort.
+                let more = FIRST_CHUNK.max(got).min(len - got);
+                if st.payload.try_reserve_exact(more).is_err() {
+                    st.handles_lost = None;
+                    st.len = Some(len as u64);
+                    let _ = self.skip_payload(st, wait, len as u64, max);
+                    return Err(ConnectionError::Io(io::Error::new(
+                        io::ErrorKind::OutOfMemory,
+                        format!("no memory for a message of {len} bytes; it was skipped"),
+                    )));
+                }
+                st.payload.resize(got + more, 0);
+            }
+            let end = st.payload.len();
+            let n = self.read_more(&mut st.payload[got..end], wait)?;
             if n == 0 {
                 st.reset();
                 return Err(ConnectionError::Eof);
@@ -900,7 +964,13 @@ impl Connection {
                 // deadline takes at most a slice: the deadline is looked at between slices.
                 Wait::Until(_) => {
                     let slice = buf.len().min(TIMED_READ_SLICE);
-                    socket::recv_some(self.fd.as_fd(), &mut buf[..slice], &mut Vec::new(), true)
+                    socket::recv_some(
+                        self.fd.as_fd(),
+                        &mut buf[..slice],
+                        &mut Vec::new(),
+                        true,
+                        &mut false,
+                    )
                 }
             };
             match read {
@@ -932,8 +1002,12 @@ impl Connection {
             }
             st.payload_got += n;
         }
+        let lost = st.handles_lost;
         st.reset();
-        Err(ConnectionError::TooLarge { len, max })
+        match lost {
+            Some((announced, arrived)) => Err(ConnectionError::HandlesLost { announced, arrived }),
+            None => Err(ConnectionError::TooLarge { len, max }),
+        }
     }
 }
 

@@ -93,11 +93,16 @@ pub(crate) fn send_all(
 
 /// Reads up to `buf.len()` bytes; descriptors that arrive are pushed to `fds`.
 /// `Ok(0)` is end of stream. With `nonblocking`, `WouldBlock` when nothing is there.
+///
+/// When the kernel had to drop descriptors (`MSG_CTRUNC`: this process is at its descriptor
+/// limit, or more than [`MAX_FDS`] came), the bytes still count and `truncated` is set, so
+/// the caller keeps the stream in step and reports the loss for that message alone.
 pub(crate) fn recv_some(
     fd: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
     nonblocking: bool,
+    truncated: &mut bool,
 ) -> io::Result<usize> {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -112,10 +117,7 @@ pub(crate) fn recv_some(
         }
     }
     if msg.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a message carried more than {MAX_FDS} handles; the extra ones were lost"),
-        ));
+        *truncated = true;
     }
     Ok(msg.bytes)
 }
