@@ -227,14 +227,17 @@ impl<'a> Dir<'a> {
 
     /// Writes `bytes` at ring offset `pos` (the caller checked the bounds and owns the room).
     fn write(&self, pos: usize, bytes: &[u8]) {
-        debug_assert!(pos + bytes.len() <= self.cap);
-        // SAFETY: `pos + len <= cap` (the callers compute it from the ring's size), so the
-        // range is inside this direction's ring, which the mapping keeps alive; the writer
-        // lock and the protocol give this writer sole use of the room between tail and
-        // head + cap, so no reader looks at these bytes until `tail` publishes them.
+        // The callers keep `pos + len <= cap` from an 8-aligned tail (checked in `push`,
+        // whatever a peer wrote there); the clip makes an access past the ring impossible
+        // even so, in release builds.
+        let n = bytes.len().min(self.cap.saturating_sub(pos));
+        // SAFETY: `pos + n <= cap`, so the range is inside this direction's ring, which the
+        // mapping keeps alive; the writer lock and the protocol give this writer sole use of
+        // the room between tail and head + cap, so no reader looks at these bytes until
+        // `tail` publishes them.
         #[allow(unsafe_code)]
         unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.add(pos), bytes.len());
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring.add(pos), n);
         }
     }
 
@@ -373,6 +376,18 @@ impl Fast {
             self.shared.doorbells[0].as_fd(),
             self.shared.doorbells[1].as_fd(),
         )
+    }
+
+    /// Writes `value` at the 8-aligned `offset` of the shared memory (a hostile peer's view,
+    /// for tests): direction `d`'s control words are at `512 + 1024 * d` (tail at +0, head at
+    /// +256), its ring at `4096 + d * ring`. Out-of-range or unaligned offsets do nothing.
+    pub(crate) fn poke(&self, offset: usize, value: u64) {
+        if offset % 8 == 0 && offset + 8 <= self.shared.region.len() {
+            self.shared
+                .region
+                .get::<AtomicU64>(offset)
+                .store(value, Ordering::SeqCst);
+        }
     }
 
     /// The largest message that travels through the ring.
@@ -610,6 +625,14 @@ impl Writer<'_> {
         // Only writers move `tail`, and this one holds the lock. `Acquire`: a writer that died
         // holding the lock (taken over, not released) may have published last.
         let mut tail = d.tail().load(Ordering::Acquire);
+        if tail % 8 != 0 {
+            // Only a peer writing the shared memory makes this: records could not be laid
+            // down in bounds from here.
+            return Err(ConnectionError::Malformed(format!(
+                "the pipe's shared ring is damaged (tail {tail} is not 8-aligned); this end no \
+                 longer sends through it"
+            )));
+        }
         let pos = (tail as usize) & (d.cap - 1);
         let to_end = d.cap - pos;
         let pad = if need > to_end { to_end } else { 0 };

@@ -676,6 +676,19 @@ impl Connection {
         ))
     }
 
+    /// Writes `value` into the pipe's shared memory at `offset` as a hostile peer could (tests
+    /// only; not part of the API). Returns whether this end has a shared ring.
+    #[doc(hidden)]
+    pub fn __poke_ring(&self, offset: usize, value: u64) -> bool {
+        match &self.fast {
+            Some(f) => {
+                f.poke(offset, value);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes this end (Python's `close`). Dropping it does the same.
     pub fn close(self) {}
 
