@@ -256,7 +256,8 @@ fn queue(seed: u64, trial: usize, f: &mut Figures) {
     let taken = done.load(Ordering::SeqCst);
     let mut first = None;
     let mut count = 0u64;
-    while let Ok(m) = q.get_timeout(Duration::from_millis(200)) {
+    // Everything is in the queue already: a short wait tells that the rest is gone.
+    while let Ok(m) = q.get_timeout(Duration::from_millis(50)) {
         assert!(
             intact(&m.data),
             "trial {trial}: corrupted message {}",
@@ -501,7 +502,7 @@ fn sync(seed: u64, trial: usize, f: &mut Figures) {
     let waiter = {
         let b = b.clone();
         std::thread::spawn(move || loop {
-            if let Err(e) = b.wait_timeout(Duration::from_secs(1)) {
+            if let Err(e) = b.wait_timeout(Duration::from_millis(300)) {
                 return e;
             }
         })
