@@ -36,7 +36,7 @@
 //! [`join_result`](Process::join_result) (the return value, which Python drops),
 //! [`is_alive`](Process::is_alive), [`exitcode`](Process::exitcode),
 //! [`terminate`](Process::terminate), [`kill`](Process::kill), [`close`](Process::close).
-//! The seed's "subclass `Process` and override `run`" is the [`Run`] trait. Misuse (starting
+//! Python's "subclass `Process` and override `run`" is the [`Run`] trait. Misuse (starting
 //! twice, joining before start, `close` on a running child) is an error value, never a panic.
 //!
 //! ## Pipe
@@ -60,7 +60,7 @@
 //! through a [`Connection`] or through another queue. It is a ring in shared memory with
 //! futex waits, so a message costs no system call while nobody has to wait; `put` serializes
 //! in the caller's thread (errors come back with the value) and there is no feeder thread.
-//! A process killed in the middle of `put` or `get` does not wedge the others. The seed's
+//! A process killed in the middle of `put` or `get` does not wedge the others. The Python idiom
 //! `while not q.empty(): q.get()`:
 //! ```
 //! use multiprocess::{Process, Queue};

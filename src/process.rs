@@ -609,7 +609,7 @@ impl<R: DeserializeOwned> Process<R> {
         Builder::default().target(target, args)
     }
 
-    /// A process, not yet started, that runs a [`Run`] value: the seed's "subclass `Process`
+    /// A process, not yet started, that runs a [`Run`] value: Python's "subclass `Process`
     /// and override `run`".
     pub fn from_run<T>(value: T) -> Process<R>
     where
@@ -837,7 +837,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// getters of name and daemon fail.
     ///
     /// # Errors
-    /// While the child is still running, as the seed says: join or kill it first.
+    /// While the child is still running, as in Python (`ValueError`): join or kill it first.
     pub fn close(&mut self) -> Result<(), ProcessError> {
         if let Some(c) = &self.child {
             if !c.poll() {

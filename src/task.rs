@@ -180,7 +180,7 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     }
 }
 
-/// The seed's "subclass `Process` and override `run`" style: a serde value that knows what to
+/// Python's "subclass `Process` and override `run`" style: a serde value that knows what to
 /// do in the child.
 ///
 /// # Examples

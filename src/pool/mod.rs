@@ -4,7 +4,7 @@
 //! A task is "the function itself" plus its argument, as for [`Process`](crate::Process): a
 //! function item or a closure that captures nothing, `Fn(A) -> R` with serde `A` and `R`;
 //! its return value comes back as the result. Handles ([`Connection`](crate::Connection),
-//! queues, shared memory) may be inside the argument and work in the worker: the seed's
+//! queues, shared memory) may be inside the argument and work in the worker: Python's
 //! "pool processes cannot use a Queue" does not hold here.
 //!
 //! | Python | multiprocess |
