@@ -56,12 +56,18 @@ pub enum StartMethod {
     /// of the fork (the allocator is safe with glibc; `stdout`'s lock and your own mutexes are
     /// not), the child can deadlock on them. The crate warns once on stderr when it forks a
     /// multi-threaded process. Prefer [`ForkServer`](StartMethod::ForkServer) there.
+    ///
+    /// The child also inherits every open descriptor of the parent, as in Python (files,
+    /// sockets, the other ends of pipes); the other methods pass only the standard streams and
+    /// what the crate sends.
     Fork,
     /// Execute a fresh copy of the program, which runs only the target. Slowest to start;
-    /// the child shares nothing but what is passed to it.
+    /// the child shares nothing but what is passed to it: descriptors the parent left
+    /// inheritable are closed before the program runs.
     Spawn,
     /// Ask a fork server (a fresh, single-threaded copy of the program, started on first use)
-    /// to fork the child. Fast and safe in multi-threaded programs.
+    /// to fork the child. Fast and safe in multi-threaded programs. The server ignores Ctrl-C
+    /// (it blocks SIGINT, as Python's ignores it); its children do not.
     ForkServer,
 }
 
