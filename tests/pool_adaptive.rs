@@ -18,6 +18,16 @@ fn slow_pid(x: u64) -> (u64, u32) {
     (x, std::process::id())
 }
 
+/// An endless input that counts how much of it was read.
+fn counted() -> (Arc<AtomicUsize>, impl Iterator<Item = u64>) {
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&reads);
+    let input = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    (reads, input)
+}
+
 #[test]
 fn many_short_tasks_keep_order_and_completeness() {
     deadline(120, || {
@@ -48,11 +58,7 @@ fn an_endless_input_is_read_lazily_while_chunks_grow() {
     deadline(120, || {
         for m in METHODS {
             let pool = pool(m, 2);
-            let reads = Arc::new(AtomicUsize::new(0));
-            let counter = Arc::clone(&reads);
-            let input = (0u64..).inspect(move |_| {
-                counter.fetch_add(1, Ordering::Relaxed);
-            });
+            let (reads, input) = counted();
             let mut it = pool.imap(plus_one, input);
             for want in 1..=50_000u64 {
                 assert_eq!(it.next().unwrap().unwrap(), want, "{m}");
@@ -74,11 +80,7 @@ fn long_tasks_stay_one_to_a_chunk_and_spread_over_workers() {
     deadline(120, || {
         for m in METHODS {
             let pool = pool(m, 2);
-            let reads = Arc::new(AtomicUsize::new(0));
-            let counter = Arc::clone(&reads);
-            let input = (0u64..).inspect(move |_| {
-                counter.fetch_add(1, Ordering::Relaxed);
-            });
+            let (reads, input) = counted();
             let mut it = pool.imap_unordered(slow_pid, input);
             let mut pids = std::collections::HashSet::new();
             for _ in 0..40 {

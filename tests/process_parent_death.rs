@@ -19,23 +19,29 @@ fn dead(pid: i32) -> bool {
     }
 }
 
+/// Runs the helper in `role`, and reads the pid of the child it started.
+fn helper_with_child(role: &str, m: StartMethod) -> (std::process::Child, i32) {
+    let mut parent = Command::new(HELPER)
+        .args([role, m.name()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: i32 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{m}: {line:?}"));
+    (parent, child)
+}
+
 #[test]
 fn daemon_child_dies_when_its_parent_is_sigkilled() {
     deadline(60, || {
         for m in METHODS {
-            let mut parent = Command::new(HELPER)
-                .args(["daemon-then-wait", m.name()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(parent.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let child: i32 = line
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{m}: {line:?}"));
+            let (mut parent, child) = helper_with_child("daemon-then-wait", m);
             assert!(!dead(child), "{m}: child runs");
             parent.kill().unwrap();
             parent.wait().unwrap();
@@ -57,19 +63,7 @@ fn daemon_child_dies_when_its_parent_is_sigkilled() {
 fn a_daemon_child_outlives_the_thread_that_started_it_but_not_the_process() {
     deadline(60, || {
         for m in METHODS {
-            let mut parent = Command::new(HELPER)
-                .args(["daemon-from-thread-then-wait", m.name()])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(parent.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            let child: i32 = line
-                .trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{m}: {line:?}"));
+            let (mut parent, child) = helper_with_child("daemon-from-thread-then-wait", m);
             // The thread that started it ended 300 ms before the pid was printed.
             assert!(
                 !dead(child),

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use multiprocess::Pool;
 
+use crate::w5_pool::check;
 use crate::{python, Config, Counts, Metric, Result, System, Workload};
 
 pub(crate) const W10: Workload = Workload {
@@ -42,14 +43,6 @@ fn spin_task(x: u64) -> u64 {
 fn expected(tasks: usize) -> u64 {
     let n = tasks as u64;
     n * (n + 1) / 2
-}
-
-fn check(what: &str, ok: bool) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{what}: wrong results").into())
-    }
 }
 
 fn systems(config: Config) -> Vec<System> {

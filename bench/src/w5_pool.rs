@@ -124,7 +124,8 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
-fn check(what: &str, ok: bool) -> Result<()> {
+/// An error naming `what` unless `ok` (a system's results were wrong).
+pub(crate) fn check(what: &str, ok: bool) -> Result<()> {
     if ok {
         Ok(())
     } else {
