@@ -21,15 +21,26 @@ use std::io;
 /// assert_eq!(p.exitcode(), Some(1));
 /// # Ok::<(), multiprocess::ProcessError>(())
 /// ```
-#[derive(Debug)]
 pub struct ProcessError {
     kind: Kind,
+}
+
+/// Shows the message too, as `io::Error` does: `fn main() -> Result<(), ProcessError>` and
+/// `unwrap()` print what went wrong, not only a variant's name.
+impl fmt::Debug for ProcessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessError")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
 pub(crate) enum Kind {
     AlreadyStarted,
-    NotStarted,
+    /// What was asked of the process ("join", "terminate"...).
+    NotStarted(&'static str),
     Closed,
     StillRunning,
     DaemonAfterStart,
@@ -39,11 +50,25 @@ pub(crate) enum Kind {
     InitMissing(String),
     Encode(String),
     Decode(String),
-    Panicked { pid: i32, message: String },
-    Failed { pid: i32, message: String },
-    Exited { pid: i32, code: i32 },
-    Signaled { pid: i32, signal: i32 },
-    NoResult { pid: i32 },
+    Panicked {
+        pid: i32,
+        message: String,
+    },
+    Failed {
+        pid: i32,
+        message: String,
+    },
+    Exited {
+        pid: i32,
+        code: i32,
+    },
+    Signaled {
+        pid: i32,
+        signal: i32,
+    },
+    NoResult {
+        pid: i32,
+    },
     Io(io::Error),
 }
 
@@ -108,7 +133,7 @@ impl ProcessError {
         matches!(
             self.kind,
             Kind::AlreadyStarted
-                | Kind::NotStarted
+                | Kind::NotStarted(_)
                 | Kind::Closed
                 | Kind::StillRunning
                 | Kind::DaemonAfterStart
@@ -134,7 +159,7 @@ impl fmt::Display for ProcessError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::AlreadyStarted => f.write_str("processes can only be started once"),
-            Kind::NotStarted => f.write_str("can only join a started process"),
+            Kind::NotStarted(verb) => write!(f, "can only {verb} a started process"),
             Kind::Closed => f.write_str("process object is closed"),
             Kind::StillRunning => f.write_str(
                 "cannot close a process while it is still running; join or kill it first",

@@ -671,11 +671,12 @@ impl<R: DeserializeOwned> Process<R> {
         Ok(())
     }
 
-    fn started(&self) -> Result<&Arc<ChildShared>, ProcessError> {
+    /// The started child; `verb` names what was asked, for the error when there is none.
+    fn started(&self, verb: &'static str) -> Result<&Arc<ChildShared>, ProcessError> {
         match (self.life, &self.child) {
             (Life::Closed, _) => Err(ProcessError::new(Kind::Closed)),
             (_, Some(c)) => Ok(c),
-            (_, None) => Err(ProcessError::new(Kind::NotStarted)),
+            (_, None) => Err(ProcessError::new(Kind::NotStarted(verb))),
         }
     }
 
@@ -685,7 +686,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// Not started or closed ([`is_misuse`](ProcessError::is_misuse)); an operating-system
     /// error while waiting.
     pub fn join(&mut self) -> Result<(), ProcessError> {
-        let child = Arc::clone(self.started()?);
+        let child = Arc::clone(self.started("join")?);
         child.wait(None)?;
         unregister(&child);
         Ok(())
@@ -711,7 +712,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Ok::<(), multiprocess::ProcessError>(())
     /// ```
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<bool, ProcessError> {
-        let child = Arc::clone(self.started()?);
+        let child = Arc::clone(self.started("join")?);
         let ended = child.wait(Some(timeout))?;
         if ended {
             unregister(&child);
@@ -730,7 +731,7 @@ impl<R: DeserializeOwned> Process<R> {
         if self.result_taken {
             return Err(ProcessError::new(Kind::ResultTaken));
         }
-        let child = Arc::clone(self.started()?);
+        let child = Arc::clone(self.started("join")?);
         let pid = child.pid;
         let outcome = child.take_outcome();
         self.result_taken = true;
@@ -749,7 +750,7 @@ impl<R: DeserializeOwned> Process<R> {
                 }
                 Some(Ok(code)) => ProcessError::new(Kind::Exited { pid, code }),
                 Some(Err(why)) => ProcessError::from(io::Error::other(why)),
-                None => ProcessError::new(Kind::NotStarted),
+                None => ProcessError::new(Kind::NotStarted("join")),
             }),
         }
     }
@@ -822,7 +823,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// Not started or closed; an operating-system error.
     pub fn terminate(&self) -> Result<(), ProcessError> {
-        Ok(self.started()?.signal(sysproc::SIGTERM)?)
+        Ok(self.started("terminate")?.signal(sysproc::SIGTERM)?)
     }
 
     /// Sends SIGKILL (Python's `kill()`). Nothing happens when the child has ended.
@@ -830,7 +831,7 @@ impl<R: DeserializeOwned> Process<R> {
     /// # Errors
     /// Not started or closed; an operating-system error.
     pub fn kill(&self) -> Result<(), ProcessError> {
-        Ok(self.started()?.signal(sysproc::SIGKILL)?)
+        Ok(self.started("kill")?.signal(sysproc::SIGKILL)?)
     }
 
     /// Releases the process's resources (Python's `close()`). Later calls other than the

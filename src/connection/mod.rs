@@ -146,7 +146,6 @@ pub fn __socket_only_pair() -> io::Result<(Connection, Connection)> {
 }
 
 /// Why a [`Connection`] operation failed.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum ConnectionError {
     /// The other end was closed (or its process ended) and no message is left: Python's
@@ -196,6 +195,27 @@ impl ConnectionError {
     /// Whether this is [`ConnectionError::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, ConnectionError::Timeout)
+    }
+}
+
+/// The variant and its message (as `io::Error` shows both), so `unwrap()` and `main`'s
+/// error say what went wrong.
+impl fmt::Debug for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variant = match self {
+            ConnectionError::Eof => "Eof",
+            ConnectionError::BrokenPipe => "BrokenPipe",
+            ConnectionError::Timeout => "Timeout",
+            ConnectionError::TooLarge { .. } => "TooLarge",
+            ConnectionError::BufferTooShort(_) => "BufferTooShort",
+            ConnectionError::Malformed(_) => "Malformed",
+            ConnectionError::Encode(_) => "Encode",
+            ConnectionError::Decode(_) => "Decode",
+            ConnectionError::HandlesLost { .. } => "HandlesLost",
+            ConnectionError::WrongDirection(_) => "WrongDirection",
+            ConnectionError::Io(_) => "Io",
+        };
+        write!(f, "{variant}: {self}")
     }
 }
 

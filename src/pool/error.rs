@@ -27,7 +27,7 @@ use std::fmt;
 /// assert_eq!(err.panic_message(), Some("three is not allowed"));
 /// # Ok::<(), multiprocess::PoolError>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolError {
     kind: Kind,
     item: Option<usize>,
@@ -209,3 +209,13 @@ impl fmt::Display for PoolError {
 }
 
 impl std::error::Error for PoolError {}
+
+/// Shows the message too (as `io::Error` does), so `unwrap()` says what went wrong.
+impl std::fmt::Debug for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolError")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .finish()
+    }
+}

@@ -173,14 +173,16 @@ impl<T> PutError<T> {
 
 impl<T> fmt::Debug for PutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PutError::Full(_) => f.write_str("Full(..)"),
-            PutError::Timeout(_) => f.write_str("Timeout(..)"),
-            PutError::Closed(_) => f.write_str("Closed(..)"),
-            PutError::Encode(_, m) => write!(f, "Encode(.., {m:?})"),
-            PutError::Io(_, e) => write!(f, "Io(.., {e:?})"),
-            PutError::Corrupt(_, m) => write!(f, "Corrupt(.., {m:?})"),
-        }
+        let variant = match self {
+            PutError::Full(_) => "Full",
+            PutError::Timeout(_) => "Timeout",
+            PutError::Closed(_) => "Closed",
+            PutError::Encode(..) => "Encode",
+            PutError::Io(..) => "Io",
+            PutError::Corrupt(..) => "Corrupt",
+        };
+        // The value is left out (it need not be Debug); the message says what went wrong.
+        write!(f, "{variant}(..): {self}")
     }
 }
 
@@ -207,7 +209,6 @@ impl<T> std::error::Error for PutError<T> {
 }
 
 /// Why no value was taken.
-#[derive(Debug)]
 #[non_exhaustive]
 pub enum GetError {
     /// The queue is empty (`get_nowait`): Python's `queue.Empty`.
@@ -250,6 +251,21 @@ impl GetError {
             Fail::Io(e) => GetError::Io(e),
             Fail::Corrupt(m) => GetError::Corrupt(m),
         }
+    }
+}
+
+/// The variant and its message (as `io::Error` shows both).
+impl fmt::Debug for GetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let variant = match self {
+            GetError::Empty => "Empty",
+            GetError::Timeout => "Timeout",
+            GetError::Closed => "Closed",
+            GetError::Decode(_) => "Decode",
+            GetError::Io(_) => "Io",
+            GetError::Corrupt(_) => "Corrupt",
+        };
+        write!(f, "{variant}: {self}")
     }
 }
 
