@@ -83,6 +83,34 @@ pub(crate) fn become_child(info: ChildInfo, parent_pid: i32) {
     g.parent = Some((parent_pid, info.parent_name));
     g.counter = 0;
     g.children.clear();
+    let label = format!("{:?} (pid {})", g.name, g.pid);
+    drop(g);
+    name_panics(label);
+}
+
+/// The process a panic message names, in a child ("Process-1" (pid 1234)).
+static PANIC_LABEL: Mutex<Option<String>> = Mutex::new(None);
+
+/// Makes a panic in this child name its process first, as Python prints "Process
+/// Process-1:" above a child's traceback (the standard message only names the thread, often
+/// `<unnamed>`). The previous hook (the standard one, or the program's) still runs after.
+/// Installed once per process image; a forked grandchild only changes the label.
+fn name_panics(label: String) {
+    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    *PANIC_LABEL.lock().unwrap_or_else(|p| p.into_inner()) = Some(label);
+    if INSTALLED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // try_lock: a panic while the label is being changed must not deadlock.
+        if let Ok(label) = PANIC_LABEL.try_lock() {
+            if let Some(label) = label.as_deref() {
+                eprintln!("multiprocess: panic in process {label}:");
+            }
+        }
+        previous(info);
+    }));
 }
 
 /// Ends a child process after its target: joins its own children as at any normal exit,

@@ -139,3 +139,28 @@ fn the_fork_server_ignores_sigint_and_its_children_do_not() {
         assert_eq!(c.exitcode(), Some(-libc::SIGINT));
     });
 }
+
+#[test]
+fn a_childs_panic_names_its_process() {
+    deadline(60, || {
+        for m in METHODS {
+            let out = Command::new(HELPER)
+                .args(["panicking-child", m.name()])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                stderr.contains("panic in process \"cruncher\""),
+                "{m}: {stderr}"
+            );
+            assert!(stderr.contains("on purpose"), "{m}: {stderr}");
+        }
+    });
+}
+
+#[test]
+fn running_the_test_helper_by_hand_points_to_the_tour() {
+    let out = Command::new(HELPER).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cargo run --example tour"));
+}

@@ -11,6 +11,10 @@ fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));
 }
 
+fn panic_now(_: ()) {
+    panic!("on purpose");
+}
+
 fn write_file_after((ms, path): (u64, String)) {
     std::thread::sleep(Duration::from_millis(ms));
     std::fs::write(path, b"done").unwrap();
@@ -48,6 +52,16 @@ fn main() {
             writeln!(out, "{}", p.pid().unwrap()).unwrap();
             out.flush().unwrap();
             std::thread::sleep(Duration::from_secs(60));
+        }
+        // Start a child named "cruncher" that panics, and join it: its panic message goes
+        // to this process's stderr.
+        "panicking-child" => {
+            let mut p = Process::builder()
+                .start_method(method)
+                .name("cruncher")
+                .start(panic_now, ())
+                .unwrap();
+            let _ = p.join();
         }
         // Start a daemon child from a thread that then exits, print its pid, wait to be
         // killed: the child must outlive the thread and die with this process.
@@ -123,6 +137,13 @@ fn main() {
                 Ok(()) => writeln!(out, "started").unwrap(),
                 Err(e) => writeln!(out, "error init_missing={} {e}", e.is_init_missing()).unwrap(),
             }
+        }
+        "" => {
+            eprintln!(
+                "mp-test-helper is a helper of multiprocess's integration tests, not a tool. \
+                 The tour of the crate: cargo run --example tour"
+            );
+            std::process::exit(2);
         }
         other => panic!("unknown role {other:?}"),
     }
