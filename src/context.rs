@@ -55,7 +55,9 @@ pub enum StartMethod {
     /// Only the calling thread exists in the child. If other threads held locks at the moment
     /// of the fork (the allocator is safe with glibc; `stdout`'s lock and your own mutexes are
     /// not), the child can deadlock on them. The crate warns once on stderr when it forks a
-    /// multi-threaded process. Prefer [`ForkServer`](StartMethod::ForkServer) there.
+    /// process that runs threads of its own (not counting the crate's;
+    /// [`set_fork_warning`] silences it). Prefer [`ForkServer`](StartMethod::ForkServer)
+    /// there.
     ///
     /// The child also inherits every open descriptor of the parent, as in Python (files,
     /// sockets, the other ends of pipes); the other methods pass only the standard streams and
@@ -336,17 +338,32 @@ fn handshake_timeout() -> Duration {
 // Fork
 
 static WARNED_THREADS: AtomicBool = AtomicBool::new(false);
+static FORK_WARNING: AtomicBool = AtomicBool::new(true);
+
+/// Turns off (or on again) the warning printed once on stderr when
+/// [`StartMethod::Fork`] forks a process that runs other threads of its own (the crate's
+/// threads, a pool's result handler or a reaper, are not counted). For a program that knows
+/// its threads hold no lock the child could need.
+///
+/// # Examples
+/// ```
+/// multiprocess::context::set_fork_warning(false);
+/// ```
+pub fn set_fork_warning(enabled: bool) {
+    FORK_WARNING.store(enabled, Ordering::Relaxed);
+}
 
 fn launch_fork(
     entry_offset: i64,
     args: &Encoded,
     info: ChildInfo,
 ) -> Result<Launched, ProcessError> {
-    if !WARNED_THREADS.swap(true, Ordering::Relaxed) {
-        if let Some(n) = sysproc::thread_count().filter(|n| *n > 1) {
+    if FORK_WARNING.load(Ordering::Relaxed) && !WARNED_THREADS.swap(true, Ordering::Relaxed) {
+        if let Some(n) = sysproc::foreign_thread_count().filter(|n| *n > 1) {
             eprintln!(
                 "multiprocess: warning: the fork start method is used in a process with {n} threads; \
-                 the child may deadlock on a lock another thread held (use StartMethod::ForkServer)"
+                 the child may deadlock on a lock another thread held (use StartMethod::ForkServer, \
+                 or multiprocess::context::set_fork_warning(false) to silence this)"
             );
         }
     }

@@ -164,3 +164,28 @@ fn running_the_test_helper_by_hand_points_to_the_tour() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cargo run --example tour"));
 }
+
+#[test]
+fn the_fork_warning_counts_only_the_programs_own_threads() {
+    deadline(60, || {
+        let out = Command::new(HELPER)
+            .args(["fork-pool", "fork"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("warning"),
+            "single-threaded program warned: {stderr}"
+        );
+        let out = Command::new(HELPER)
+            .args(["fork-pool-threaded", "fork"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("set_fork_warning(false)"),
+            "no warning: {stderr}"
+        );
+    });
+}

@@ -53,6 +53,23 @@ fn main() {
             out.flush().unwrap();
             std::thread::sleep(Duration::from_secs(60));
         }
+        // A single-threaded program's Fork pool: no warning about threads (the pool's own
+        // thread forks the workers). With "threaded", a thread of the program's own runs too.
+        "fork-pool" | "fork-pool-threaded" => {
+            let _t = (role == "fork-pool-threaded")
+                .then(|| std::thread::spawn(|| std::thread::sleep(Duration::from_secs(3))));
+            let pool = multiprocess::Pool::builder()
+                .processes(2)
+                .start_method(StartMethod::Fork)
+                .build()
+                .unwrap();
+            pool.map(sleep_ms, vec![1, 1]).unwrap();
+            let mut p = Process::builder()
+                .start_method(StartMethod::Fork)
+                .start(sleep_ms, 1)
+                .unwrap();
+            p.join().unwrap();
+        }
         // Start a child named "cruncher" that panics, and join it: its panic message goes
         // to this process's stderr.
         "panicking-child" => {

@@ -232,13 +232,18 @@ pub(crate) fn block_sigint(block: bool) {
     }
 }
 
-/// The number of threads of this process, from `/proc/self/status`.
-pub(crate) fn thread_count() -> Option<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
+/// The number of threads of this process that are not the crate's own (threads whose name
+/// starts with `multiprocess`: a pool's result handler, a reaper), from `/proc/self/task`.
+pub(crate) fn foreign_thread_count() -> Option<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(entry) = entry else { continue };
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("multiprocess") {
+            n += 1;
+        }
+    }
+    Some(n)
 }
 
 /// Registers a function to run at normal process exit (`atexit(3)`).
