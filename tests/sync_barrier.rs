@@ -116,7 +116,7 @@ fn a_party_killed_while_waiting_breaks_the_barrier_and_survivors_are_told() {
             assert!(eventually(20, || b.n_waiting() == 2));
             victim.kill().unwrap();
             victim.join().unwrap();
-            let dead = victim.pid().unwrap() as u32;
+            let dead = victim.pid().unwrap();
             // The last party arrives after the death (or the survivor noticed it first): the
             // round breaks rather than releasing anyone.
             let e: BarrierError = b.wait().unwrap_err();

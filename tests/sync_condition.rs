@@ -124,7 +124,7 @@ fn a_killed_holder_of_the_condition_lock_is_reported() {
             assert!(held.wait_timeout(Duration::from_secs(20)));
             p.kill().unwrap();
             let err = c.lock().unwrap_err();
-            assert_eq!(err.previous_owner(), p.pid().unwrap() as u32, "{m}");
+            assert_eq!(err.previous_owner(), p.pid().unwrap(), "{m}");
             p.join().unwrap();
         }
     });

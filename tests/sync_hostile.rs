@@ -136,7 +136,7 @@ fn on_time<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
     r
 }
 
-fn owner_died<G: std::fmt::Debug>(what: &str, r: Result<G, TryLockError<G>>) -> u32 {
+fn owner_died<G: std::fmt::Debug>(what: &str, r: Result<G, TryLockError<G>>) -> i32 {
     match r {
         Err(TryLockError::OwnerDied(d)) => d.previous_owner(),
         other => panic!("{what}: expected OwnerDied, got {other:?}"),
@@ -159,7 +159,7 @@ fn lock_words_written_by_a_peer_end_in_a_takeover_or_on_time() {
                 ],
                 true,
             );
-            let pid = p.0.pid().unwrap() as u32;
+            let pid = p.0.pid().unwrap();
             assert!(!lock.is_locked(), "{m}: a reused id is not the holder");
             let r = on_time("try_lock", Duration::from_secs(5), || lock.try_lock());
             assert_eq!(owner_died(&m.to_string(), r), pid, "{m}");

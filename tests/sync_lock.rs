@@ -170,7 +170,7 @@ fn hold_value_forever((v, held): (Value<u64>, Event)) {
 }
 
 /// Waits for the lock in a child while the holder is killed: the waiter is told.
-fn wait_for_lock(lock: Lock) -> Option<u32> {
+fn wait_for_lock(lock: Lock) -> Option<i32> {
     match lock.lock() {
         Ok(_) => None,
         Err(died) => Some(died.previous_owner()),
@@ -196,7 +196,7 @@ fn a_killed_lock_holder_does_not_wedge_the_others() {
             assert!(!waiter.join_timeout(Duration::from_millis(200)).unwrap());
             holder.kill().unwrap();
             let told = waiter.join_result().unwrap();
-            assert_eq!(told, Some(holder.pid().unwrap() as u32), "{m}");
+            assert_eq!(told, Some(holder.pid().unwrap()), "{m}");
             holder.join().unwrap();
             // Released by the waiter: plain from now on.
             assert!(lock.lock().is_ok(), "{m}");
@@ -213,7 +213,7 @@ fn a_killed_lock_holder_does_not_wedge_the_others() {
             let t = Instant::now();
             let err = lock.lock().unwrap_err();
             assert!(t.elapsed() < Duration::from_secs(5));
-            assert_eq!(err.previous_owner(), holder.pid().unwrap() as u32);
+            assert_eq!(err.previous_owner(), holder.pid().unwrap());
             drop(err.into_inner());
             holder.join().unwrap();
             assert!(lock.try_lock().is_ok());
@@ -235,7 +235,7 @@ fn killed_holders_of_an_rlock_and_a_value_lock_are_reported() {
             assert!(r.try_lock().is_err());
             holder.kill().unwrap();
             let err = r.lock().unwrap_err();
-            assert_eq!(err.previous_owner(), holder.pid().unwrap() as u32);
+            assert_eq!(err.previous_owner(), holder.pid().unwrap());
             let g = err.into_inner();
             assert_eq!(
                 r.count(),
@@ -279,7 +279,7 @@ fn a_thread_that_ends_holding_a_lock_releases_it_to_the_next_locker() {
 
 /// Starts `hold` on `object` in a child, waits until it holds the lock, kills and reaps it;
 /// the dead holder's pid.
-fn killed_holder_then<T, F>(m: multiprocess::StartMethod, object: T, hold: F) -> u32
+fn killed_holder_then<T, F>(m: multiprocess::StartMethod, object: T, hold: F) -> i32
 where
     T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
     F: Fn((T, Event)) + Copy + Send + Sync + 'static,
@@ -292,7 +292,7 @@ where
     assert!(held.wait_timeout(Duration::from_secs(20)), "{m}");
     holder.kill().unwrap();
     holder.join().unwrap();
-    holder.pid().unwrap() as u32
+    holder.pid().unwrap()
 }
 
 fn hold_array_forever((a, held): (multiprocess::Array<u32>, Event)) {

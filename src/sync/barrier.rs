@@ -498,8 +498,8 @@ impl BarrierError {
 
     /// The thread id (the process id, for a main thread) of the party that died while
     /// waiting, when that is what broke it.
-    pub fn dead_party(&self) -> Option<u32> {
-        (self.why == DIED && self.dead != 0).then_some(self.dead)
+    pub fn dead_party(&self) -> Option<i32> {
+        (self.why == DIED && self.dead != 0).then_some(self.dead as i32)
     }
 }
 

@@ -86,10 +86,11 @@ impl<G> OwnerDied<G> {
         &mut self.guard
     }
 
-    /// The thread id of the holder that died (its process id if it was a main thread); 0 when
+    /// The thread id of the holder that died (its process id if it was a main thread), of
+    /// the crate's one pid type, `i32` (as [`Process::pid`](crate::Process::pid)); 0 when
     /// the lock's shared word named no thread at all (another process wrote over it).
-    pub fn previous_owner(&self) -> u32 {
-        self.previous
+    pub fn previous_owner(&self) -> i32 {
+        self.previous as i32
     }
 
     pub(crate) fn map<H>(self, f: impl FnOnce(G) -> H) -> OwnerDied<H> {
