@@ -358,6 +358,8 @@ fn launch_fork(
     args: &Encoded,
     info: ChildInfo,
 ) -> Result<Launched, ProcessError> {
+    // Here, not in the child: a forked child must not take std's hook lock.
+    process::ensure_panic_hook();
     if FORK_WARNING.load(Ordering::Relaxed) && !WARNED_THREADS.swap(true, Ordering::Relaxed) {
         if let Some(n) = sysproc::foreign_thread_count().filter(|n| *n > 1) {
             eprintln!(

@@ -88,29 +88,44 @@ pub(crate) fn become_child(info: ChildInfo, parent_pid: i32) {
     name_panics(label);
 }
 
-/// The process a panic message names, in a child ("Process-1" (pid 1234)).
-static PANIC_LABEL: Mutex<Option<String>> = Mutex::new(None);
+/// The process a panic message names, in a child ("Process-1" (pid 1234)): a leaked string,
+/// swapped in with one atomic store, so that a forked child never waits on a lock that
+/// another thread of its parent held at the fork.
+static PANIC_LABEL: std::sync::atomic::AtomicPtr<String> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+static PANIC_HOOK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Makes a panic in this child name its process first, as Python prints "Process
-/// Process-1:" above a child's traceback (the standard message only names the thread, often
-/// `<unnamed>`). The previous hook (the standard one, or the program's) still runs after.
-/// Installed once per process image; a forked grandchild only changes the label.
-fn name_panics(label: String) {
-    static INSTALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    *PANIC_LABEL.lock().unwrap_or_else(|p| p.into_inner()) = Some(label);
-    if INSTALLED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+/// Installs (once per process image) the hook that makes a panic in a child name its process
+/// first, as Python prints "Process Process-1:" above a child's traceback (the standard
+/// message names only the thread, often `<unnamed>`); the previous hook (the standard one,
+/// or the program's) still runs after it. In a process that is not a child it adds nothing.
+/// Installing takes std's hook lock, so it happens in the parent before a fork (never in a
+/// forked child of a threaded parent), or in a child made by exec or by the single-threaded
+/// fork server.
+pub(crate) fn ensure_panic_hook() {
+    use std::sync::atomic::Ordering;
+    if PANIC_HOOK.swap(true, Ordering::AcqRel) {
         return;
     }
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        // try_lock: a panic while the label is being changed must not deadlock.
-        if let Ok(label) = PANIC_LABEL.try_lock() {
-            if let Some(label) = label.as_deref() {
-                eprintln!("multiprocess: panic in process {label}:");
-            }
+        let label = PANIC_LABEL.load(Ordering::Acquire);
+        if !label.is_null() {
+            // SAFETY: a non-null label is a leaked `Box<String>`, never freed.
+            #[allow(unsafe_code)]
+            let label = unsafe { &*label };
+            eprintln!("multiprocess: panic in process {label}:");
         }
         previous(info);
     }));
+}
+
+fn name_panics(label: String) {
+    PANIC_LABEL.store(
+        Box::into_raw(Box::new(label)),
+        std::sync::atomic::Ordering::Release,
+    );
+    ensure_panic_hook();
 }
 
 /// Ends a child process after its target: joins its own children as at any normal exit,
