@@ -321,3 +321,24 @@ fn an_imap_begun_before_close_reads_all_its_input() {
         }
     });
 }
+
+#[test]
+fn a_result_can_be_read_again_with_get_ref_and_get_says_how() {
+    deadline(60, || {
+        for m in METHODS {
+            let p = pool(m, 1);
+            let mut r = p.apply_async(square, 7);
+            assert_eq!(*r.get_ref().unwrap(), 49, "{m}");
+            assert_eq!(*r.get_ref().unwrap(), 49, "{m}");
+            assert_eq!(r.get().unwrap(), 49, "{m}");
+            let e = r.get().unwrap_err();
+            assert!(
+                e.is_misuse() && e.to_string().contains("get_ref"),
+                "{m}: {e}"
+            );
+            // An error is kept too.
+            let mut r = p.map_async(square, Vec::<u64>::new());
+            assert!(r.get_ref().unwrap().is_empty(), "{m}");
+        }
+    });
+}

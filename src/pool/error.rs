@@ -202,7 +202,10 @@ impl fmt::Display for PoolError {
             Kind::Timeout => f.write_str("timed out waiting for the result"),
             Kind::Encode(m) => write!(f, "cannot pass the argument to the pool: {m}"),
             Kind::Decode(m) => write!(f, "cannot read the task's result: {m}"),
-            Kind::Taken => f.write_str("the result was already taken"),
+            Kind::Taken => f.write_str(
+                "the result was already taken by an earlier get(); to read it more than once \
+                 (as Python's get() can), use get_ref()",
+            ),
             Kind::Invalid(m) => f.write_str(m),
         }
     }

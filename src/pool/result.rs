@@ -412,6 +412,8 @@ impl<R: DeserializeOwned + Send + 'static> Outcome<R> for One<R> {
 /// ```
 pub struct AsyncResult<T> {
     inner: Arc<dyn Outcome<T>>,
+    /// The outcome, once [`get_ref`](AsyncResult::get_ref) took it: kept for further reads.
+    kept: Option<Result<T, PoolError>>,
 }
 
 impl<T> fmt::Debug for AsyncResult<T> {
@@ -425,7 +427,10 @@ impl<T> fmt::Debug for AsyncResult<T> {
 
 impl<R: DeserializeOwned + Send + 'static> AsyncResult<Vec<R>> {
     pub(crate) fn for_map(shared: Arc<MapShared<R>>) -> Self {
-        AsyncResult { inner: shared }
+        AsyncResult {
+            inner: shared,
+            kept: None,
+        }
     }
 }
 
@@ -433,6 +438,7 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
     pub(crate) fn for_one(shared: Arc<MapShared<R>>) -> Self {
         AsyncResult {
             inner: Arc::new(One(shared)),
+            kept: None,
         }
     }
 }
@@ -445,7 +451,38 @@ impl<T> AsyncResult<T> {
     /// first failing item by input order, see [`PoolError::item`]); a result already taken by
     /// an earlier `get` ([`PoolError::is_misuse`]).
     pub fn get(&mut self) -> Result<T, PoolError> {
-        self.inner.take(None)
+        match self.kept.take() {
+            Some(kept) => kept,
+            None => self.inner.take(None),
+        }
+    }
+
+    /// Waits for the result and lends it; unlike [`get`](Self::get), it can be called any
+    /// number of times (Python's `get()` can): the value stays in the `AsyncResult`, and a
+    /// later `get` still moves it out.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), each time.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::Pool;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// let pool = Pool::new(1)?;
+    /// let mut r = pool.apply_async(square, 9);
+    /// assert_eq!(*r.get_ref()?, 81);
+    /// assert_eq!(*r.get_ref()?, 81);
+    /// assert_eq!(r.get()?, 81);
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    pub fn get_ref(&mut self) -> Result<&T, PoolError> {
+        let inner = &self.inner;
+        match self.kept.get_or_insert_with(|| inner.take(None)) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// Waits at most `timeout` for the result (Python's `get(timeout)`).
@@ -454,7 +491,10 @@ impl<T> AsyncResult<T> {
     /// [`PoolError::is_timeout`] when the result is not there in time (the task goes on and a
     /// later call can still get it); otherwise as [`get`](Self::get).
     pub fn get_timeout(&mut self, timeout: Duration) -> Result<T, PoolError> {
-        self.inner.take(Some(Instant::now() + timeout))
+        match self.kept.take() {
+            Some(kept) => kept,
+            None => self.inner.take(Some(Instant::now() + timeout)),
+        }
     }
 
     /// Waits until the result is ready (Python's `wait()`).
