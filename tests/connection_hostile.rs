@@ -45,6 +45,24 @@ fn a_misaligned_tail_is_an_error_for_the_sender_not_a_write_past_the_mapping() {
 }
 
 #[test]
+fn a_head_ahead_of_the_tail_is_an_error_for_the_sender_not_a_wait_forever() {
+    deadline(60, || {
+        for m in METHODS {
+            for (head, tail) in [(4096u64, 0u64), (u64::MAX - 7, 8), (8, u64::MAX - 7)] {
+                let (_a, b) = hostile(m, vec![(ctl(1) + 256, head), (ctl(1), tail)]);
+                // Returns (the deadline catches a wait forever): sent over the damage (the
+                // writer's cached head said there was room; the peer only hurt itself), or
+                // refused as Malformed.
+                match b.send(&"hello") {
+                    Ok(()) | Err(ConnectionError::Malformed(_)) => {}
+                    Err(e) => panic!("{m}: head {head} tail {tail}: {e}"),
+                }
+            }
+        }
+    });
+}
+
+#[test]
 fn damaged_positions_and_records_are_errors_for_the_receiver() {
     deadline(60, || {
         for m in METHODS {

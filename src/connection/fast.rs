@@ -639,7 +639,7 @@ impl Writer<'_> {
         self.wait_room(d, tail, pad + need, sock)?;
         if pad > 0 {
             d.write_header(pos, 0, KIND_PAD);
-            tail += pad as u64;
+            tail = tail.wrapping_add(pad as u64);
         }
         let mut at = (tail as usize) & (d.cap - 1);
         d.write_header(at, len as u32, kind);
@@ -648,7 +648,8 @@ impl Writer<'_> {
             d.write(at, p);
             at += p.len();
         }
-        d.tail().store(tail + need as u64, Ordering::SeqCst);
+        d.tail()
+            .store(tail.wrapping_add(need as u64), Ordering::SeqCst);
         if d.armed().load(Ordering::SeqCst) != 0 && d.armed().swap(0, Ordering::SeqCst) != 0 {
             doorbell::ring(fast.shared.doorbells[fast.end].as_fd());
         }
@@ -681,8 +682,17 @@ impl Writer<'_> {
         loop {
             let epoch = d.space().load(Ordering::SeqCst);
             d.writer_waits().store(1, Ordering::SeqCst);
-            if fits(d.head().load(Ordering::SeqCst)) {
+            let head = d.head().load(Ordering::SeqCst);
+            if fits(head) {
                 return Ok(());
+            }
+            // A head ahead of the tail, or more than a ring behind it, is no position the
+            // reader can have left: waiting for room would wait forever.
+            if tail.wrapping_sub(head) > d.cap as u64 {
+                return Err(ConnectionError::Malformed(format!(
+                    "the pipe's shared ring is damaged (head {head}, tail {tail}); this end no \
+                     longer sends through it"
+                )));
             }
             if futex_wait(d.space(), epoch, Some(ROOM_SLICE))? == Woken::TimedOut
                 && socket::peer_closed(sock)?
@@ -743,7 +753,7 @@ impl<'a> Reader<'a> {
                     if to_end > avail {
                         return Err("pipe ring padding runs past the written data".into());
                     }
-                    d.release(head + to_end);
+                    d.release(head.wrapping_add(to_end));
                 }
                 KIND_DATA | KIND_SOCKET => {
                     let size = REC + round8(len);
@@ -786,7 +796,7 @@ impl<'a> Reader<'a> {
     pub(crate) fn consume(&self) {
         let d = self.fast.inbound();
         let head = d.head().load(Ordering::Acquire);
-        d.release(head + self.pending.replace(0) as u64);
+        d.release(head.wrapping_add(self.pending.replace(0) as u64));
         // Where the user's code runs next, and the reply comes from: the peer's hint.
         self.fast.note_cpu();
     }
