@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::connection::{Connection, ConnectionError, Pipe};
 use crate::error::ProcessError;
 use crate::handle::{self, Encoded};
-use crate::process::{self, ChildInfo};
+use crate::lifecycle::{self, ChildInfo};
 use crate::sys::{build_id, process as sysproc, socket};
 use crate::task::{self, Status};
 
@@ -359,7 +359,7 @@ fn launch_fork(
     info: ChildInfo,
 ) -> Result<Launched, ProcessError> {
     // Here, not in the child: a forked child must not take std's hook lock.
-    process::ensure_panic_hook();
+    lifecycle::ensure_panic_hook();
     if FORK_WARNING.load(Ordering::Relaxed) && !WARNED_THREADS.swap(true, Ordering::Relaxed) {
         if let Some(n) = sysproc::foreign_thread_count().filter(|n| *n > 1) {
             eprintln!(
@@ -391,7 +391,7 @@ fn launch_fork(
     // tracked descriptors, the named-shared-memory ledger).
     let births = handle::lock_births_for_fork();
     let mut server_slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
-    let mut state = process::lock_state();
+    let mut state = lifecycle::lock_state();
     let tracked = handle::lock_tracked();
     let ledger = crate::shared_memory::lock_ledger_for_fork();
     // SAFETY: the child below runs only the target's entry and exits with `_exit`; it never
@@ -404,7 +404,7 @@ fn launch_fork(
         if let Some(server) = server_slot.take() {
             std::mem::forget(server);
         }
-        process::reset_after_fork(&mut state);
+        lifecycle::reset_after_fork(&mut state);
     }
     drop(ledger);
     drop(tracked);
@@ -439,10 +439,10 @@ fn launch_fork(
                 // The parent's handles are the parent's (see `handle::TrackedFd`).
                 handle::neutralize_tracked_after_fork(&mut handle::lock_tracked());
                 let status = Connection::from_fd(child_end, true, true);
-                process::become_child(info, parent_pid);
+                lifecycle::become_child(info, parent_pid);
                 entry(&args.bytes, fds, &status)
             }));
-            process::exit_child(outcome.unwrap_or(1), true)
+            lifecycle::exit_child(outcome.unwrap_or(1), true)
         }
         Ok(sysproc::Forked::Parent(pid)) => {
             drop(child_end);
@@ -665,7 +665,8 @@ fn server() -> Result<Arc<ForkServer>, ProcessError> {
         }
     }
     let s = Arc::new(ForkServer::start()?);
-    process::ensure_atexit();
+    lifecycle::set_exit_finisher(stop_server);
+    lifecycle::ensure_atexit();
     *slot = Some(Arc::clone(&s));
     Ok(s)
 }
@@ -816,10 +817,10 @@ fn spawn_child_main(conn: Connection) -> ! {
     // SAFETY: the build id matched, so the offset names an entry in this same executable.
     #[allow(unsafe_code)]
     let entry = unsafe { task::entry_at(boot.entry) };
-    process::become_child(boot.info, parent_pid);
+    lifecycle::become_child(boot.info, parent_pid);
     let code = entry(&boot.args, fds, &conn);
     drop(conn);
-    process::exit_child(code, false)
+    lifecycle::exit_child(code, false)
 }
 
 fn check_build(boot: &Bootstrap) -> Result<(), String> {
@@ -927,13 +928,13 @@ fn forkserver_main(ctl: Connection) -> ! {
                 // SAFETY: the build id matched.
                 #[allow(unsafe_code)]
                 let entry = unsafe { task::entry_at(boot.entry) };
-                process::become_child(boot.info, client_pid);
+                lifecycle::become_child(boot.info, client_pid);
                 let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     entry(&boot.args, args_fds, &status)
                 }))
                 .unwrap_or(1);
                 drop(status);
-                process::exit_child(code, false)
+                lifecycle::exit_child(code, false)
             }
             Ok(sysproc::Forked::Parent(pid)) => {
                 drop(status_fd);

@@ -8,181 +8,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::connection::{Connection, ConnectionError, Waitable};
 use crate::context::{self, StartMethod};
 use crate::error::{Kind, ProcessError};
 use crate::handle::{self, EncodeError, Encoded};
+use crate::lifecycle::{lock_state, ChildInfo, Registered};
 use crate::sys::{process as sysproc, socket};
 use crate::task::{self, Run, Status};
-
-/// Who a child is, as its parent named it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ChildInfo {
-    pub(crate) name: String,
-    pub(crate) identity: String,
-    pub(crate) daemon: bool,
-    pub(crate) parent_name: String,
-}
-
-/// The crate's per-process global state.
-#[derive(Debug)]
-pub(crate) struct Global {
-    /// The process this state describes (a forked child inherits a copy meant for its parent).
-    pid: i32,
-    name: String,
-    identity: String,
-    daemon: bool,
-    parent: Option<(i32, String)>,
-    counter: u32,
-    children: Vec<Arc<ChildShared>>,
-    atexit: bool,
-}
-
-static STATE: Mutex<Global> = Mutex::new(Global {
-    pid: 0,
-    name: String::new(),
-    identity: String::new(),
-    daemon: false,
-    parent: None,
-    counter: 0,
-    children: Vec::new(),
-    atexit: false,
-});
-
-/// Locks the global state, (re)initializing it for this process if it describes another one.
-pub(crate) fn lock_state() -> MutexGuard<'static, Global> {
-    let mut g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-    let me = sysproc::getpid();
-    if g.pid != me {
-        if g.pid == 0 {
-            g.name = "MainProcess".into();
-        }
-        g.pid = me;
-    }
-    g
-}
-
-/// In a forked child, under the lock held across the fork: the parent's children are not ours.
-pub(crate) fn reset_after_fork(g: &mut Global) {
-    g.pid = sysproc::getpid();
-    g.counter = 0;
-    g.atexit = false;
-    // Dropping closes this copy's descriptors of the parent's children; nothing else runs.
-    g.children.clear();
-}
-
-/// Records who this process is, in a freshly started child.
-pub(crate) fn become_child(info: ChildInfo, parent_pid: i32) {
-    let mut g = lock_state();
-    g.pid = sysproc::getpid();
-    g.name = info.name;
-    g.identity = info.identity;
-    g.daemon = info.daemon;
-    g.parent = Some((parent_pid, info.parent_name));
-    g.counter = 0;
-    g.children.clear();
-    let label = format!("{:?} (pid {})", g.name, g.pid);
-    drop(g);
-    name_panics(label);
-}
-
-/// The process a panic message names, in a child ("Process-1" (pid 1234)): a leaked string,
-/// swapped in with one atomic store, so that a forked child never waits on a lock that
-/// another thread of its parent held at the fork.
-static PANIC_LABEL: std::sync::atomic::AtomicPtr<String> =
-    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-static PANIC_HOOK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Installs (once per process image) the hook that makes a panic in a child name its process
-/// first, as Python prints "Process Process-1:" above a child's traceback (the standard
-/// message names only the thread, often `<unnamed>`); the previous hook (the standard one,
-/// or the program's) still runs after it. In a process that is not a child it adds nothing.
-/// Installing takes std's hook lock, so it happens in the parent before a fork (never in a
-/// forked child of a threaded parent), or in a child made by exec or by the single-threaded
-/// fork server.
-pub(crate) fn ensure_panic_hook() {
-    use std::sync::atomic::Ordering;
-    if PANIC_HOOK.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let label = PANIC_LABEL.load(Ordering::Acquire);
-        if !label.is_null() {
-            // SAFETY: a non-null label is a leaked `Box<String>`, never freed.
-            #[allow(unsafe_code)]
-            let label = unsafe { &*label };
-            eprintln!("multiprocess: panic in process {label}:");
-        }
-        previous(info);
-    }));
-}
-
-fn name_panics(label: String) {
-    PANIC_LABEL.store(
-        Box::into_raw(Box::new(label)),
-        std::sync::atomic::Ordering::Release,
-    );
-    ensure_panic_hook();
-}
-
-/// Ends a child process after its target: joins its own children as at any normal exit,
-/// flushes standard streams, and exits with `code`. A forked child ends with `_exit`, so the
-/// parent's `atexit` handlers and buffers are not run twice.
-pub(crate) fn exit_child(code: i32, forked: bool) -> ! {
-    if forked {
-        at_exit_handler();
-        flush_stdio();
-        sysproc::exit_now(code)
-    }
-    std::process::exit(code)
-}
-
-fn flush_stdio() {
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-}
-
-/// Registers the exit handler (once per process).
-pub(crate) fn ensure_atexit() {
-    let mut g = lock_state();
-    if !g.atexit {
-        g.atexit = true;
-        drop(g);
-        sysproc::at_exit(at_exit_handler_c);
-    }
-}
-
-extern "C" fn at_exit_handler_c() {
-    // Never unwind into libc.
-    let _ = std::panic::catch_unwind(at_exit_handler);
-}
-
-/// At normal exit, as Python does: terminate daemon children, join the others, stop the fork
-/// server. Uses no thread-locals (they are gone by now) and reads no results.
-fn at_exit_handler() {
-    let children = {
-        let g = STATE.lock().unwrap_or_else(|p| p.into_inner());
-        if g.pid != sysproc::getpid() {
-            return;
-        }
-        g.children.clone()
-    };
-    for c in &children {
-        // Nobody will read results now: let a child blocked on writing one fail instead.
-        let _ = socket::shutdown(c.status.as_fd(), true);
-        if c.daemon && !c.ended() {
-            let _ = c.signal(sysproc::SIGTERM);
-        }
-    }
-    for c in &children {
-        let _ = c.wait_quiet();
-    }
-    context::stop_server();
-}
 
 // ---------------------------------------------------------------------------------------------
 
@@ -436,24 +270,50 @@ impl ChildShared {
     }
 }
 
+impl Registered for ChildShared {
+    fn release_at_exit(&self) {
+        // Nobody will read results now: let a child blocked on writing one fail instead.
+        let _ = socket::shutdown(self.status.as_fd(), true);
+        if self.daemon && !self.ended() {
+            let _ = self.signal(sysproc::SIGTERM);
+        }
+    }
+
+    fn wait_at_exit(&self) {
+        let _ = self.wait_quiet();
+    }
+
+    fn into_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
+/// Whether the registry entry `c` is `child`.
+fn is(c: &Arc<dyn Registered>, child: &Arc<ChildShared>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(c), Arc::as_ptr(child))
+}
+
 fn register(child: &Arc<ChildShared>) {
     let mut g = lock_state();
-    g.children.push(Arc::clone(child));
+    g.children.push(Arc::clone(child) as Arc<dyn Registered>);
 }
 
 fn unregister(child: &Arc<ChildShared>) {
     let mut g = lock_state();
-    g.children.retain(|c| !Arc::ptr_eq(c, child));
+    g.children.retain(|c| !is(c, child));
 }
 
 /// Reaps children that have ended (as Python's `_cleanup`), dropping them from the registry.
 fn cleanup() -> Vec<Arc<ChildShared>> {
-    let children = lock_state().children.clone();
+    let children: Vec<Arc<ChildShared>> = lock_state()
+        .children
+        .iter()
+        .filter_map(|c| Arc::clone(c).into_any().downcast::<ChildShared>().ok())
+        .collect();
     let (ended, alive): (Vec<_>, Vec<_>) = children.into_iter().partition(|c| c.poll());
     if !ended.is_empty() {
         let mut g = lock_state();
-        g.children
-            .retain(|c| !ended.iter().any(|e| Arc::ptr_eq(c, e)));
+        g.children.retain(|c| !ended.iter().any(|e| is(c, e)));
     }
     alive
 }
@@ -690,7 +550,7 @@ impl<R: DeserializeOwned> Process<R> {
             parent_name,
         };
         let method = self.method.unwrap_or_else(context::get_start_method);
-        ensure_atexit();
+        crate::lifecycle::ensure_atexit();
         let launched = context::launch(method, self.entry, &encoded, info)?;
         drop(encoded);
         drop(args);
