@@ -28,7 +28,7 @@
 use std::fmt;
 use std::io;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -49,9 +49,12 @@ pub use value::{
 /// ([`create`](SharedMemory::create), [`open`](SharedMemory::open)); Python's
 /// `multiprocessing.shared_memory.SharedMemory`.
 ///
-/// Read and write it with [`read`](SharedMemory::read) and [`write`](SharedMemory::write)
-/// (atomic byte copies, sound whatever other processes do), or through
-/// [`as_ptr`](SharedMemory::as_ptr) with your own synchronization. Clones share one mapping.
+/// Read and write it safely with [`read`](SharedMemory::read) and
+/// [`write`](SharedMemory::write) (atomic copies, sound whatever other processes do) or
+/// through [`atomic_slice`](SharedMemory::atomic_slice) (a slice of std atomics); or, with
+/// your own synchronization, as a plain slice ([`as_slice`](SharedMemory::as_slice),
+/// [`as_mut_slice`](SharedMemory::as_mut_slice), `unsafe`: their docs explain the rules).
+/// Clones share one mapping.
 ///
 /// # Who can change its size
 /// An anonymous block is a memfd sealed against any change of size before it is shared, and a
@@ -388,7 +391,10 @@ impl SharedMemory {
         }
     }
 
-    /// Copies bytes from the block at `offset` into `buf` (each byte read atomically).
+    /// Copies bytes from the block at `offset` into `buf`, with atomic loads (whole aligned
+    /// words where it can, bytes at the edges): sound whatever other processes write at the
+    /// same time, at the price that a concurrent write may be seen in part. For a consistent
+    /// snapshot, agree on a [`Lock`](crate::Lock) with the writers.
     ///
     /// # Errors
     /// `InvalidInput` when the range is outside the block.
@@ -404,14 +410,24 @@ impl SharedMemory {
     /// ```
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> io::Result<()> {
         self.check_range(offset, buf.len())?;
-        let bytes = self.atomic_bytes();
-        for (b, a) in buf.iter_mut().zip(&bytes[offset..]) {
+        let bytes = &self.atomic_bytes()[offset..offset + buf.len()];
+        let (head, words, _) = self.split_words(offset, buf.len());
+        let (b_head, rest) = buf.split_at_mut(head);
+        let (b_words, b_tail) = rest.split_at_mut(words.len() * 8);
+        for (b, a) in b_head.iter_mut().zip(&bytes[..head]) {
+            *b = a.load(Ordering::Relaxed);
+        }
+        for (chunk, w) in b_words.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
+        }
+        for (b, a) in b_tail.iter_mut().zip(&bytes[head + words.len() * 8..]) {
             *b = a.load(Ordering::Relaxed);
         }
         Ok(())
     }
 
-    /// Copies `data` into the block at `offset` (each byte written atomically).
+    /// Copies `data` into the block at `offset`, with atomic stores (whole aligned words
+    /// where it can, bytes at the edges).
     ///
     /// # Errors
     /// `InvalidInput` when the range is outside the block.
@@ -425,22 +441,142 @@ impl SharedMemory {
     /// ```
     pub fn write(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         self.check_range(offset, data.len())?;
-        let bytes = self.atomic_bytes();
-        for (a, b) in bytes[offset..].iter().zip(data) {
+        let bytes = &self.atomic_bytes()[offset..offset + data.len()];
+        let (head, words, tail) = self.split_words(offset, data.len());
+        let (d_head, rest) = data.split_at(head);
+        let (d_words, d_tail) = rest.split_at(words.len() * 8);
+        for (a, b) in bytes[..head].iter().zip(d_head) {
             a.store(*b, Ordering::Relaxed);
         }
+        for (w, chunk) in words.iter().zip(d_words.chunks_exact(8)) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            w.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+        }
+        for (a, b) in bytes[head + words.len() * 8..].iter().zip(d_tail) {
+            a.store(*b, Ordering::Relaxed);
+        }
+        debug_assert_eq!(tail, d_tail.len());
         Ok(())
+    }
+
+    /// Splits `offset..offset + len` (inside the block) into unaligned head bytes, whole
+    /// aligned words, and tail bytes.
+    fn split_words(&self, offset: usize, len: usize) -> (usize, &[AtomicU64], usize) {
+        let words = self.atomic_slice::<AtomicU64>();
+        let first = offset.div_ceil(8);
+        let end_word = (offset + len) / 8;
+        if first >= end_word {
+            return (len, &[], 0);
+        }
+        let head = first * 8 - offset;
+        let tail = offset + len - end_word * 8;
+        (head, &words[first..end_word], tail)
     }
 
     /// The block as atomic bytes.
     pub fn atomic_bytes(&self) -> &[AtomicU8] {
-        // SAFETY: the mapping is `len` bytes, lives as long as `self`, and `AtomicU8` has the
-        // size and alignment of `u8`; every access through the slice is atomic, which is sound
-        // whatever other processes do with the same memory.
+        self.atomic_slice::<AtomicU8>()
+    }
+
+    /// The block as a slice of std atomics (`AtomicU32`, `AtomicU64`, `AtomicBool`, ...): the
+    /// safe view of shared memory. Every access through it is atomic, so it is sound whatever
+    /// other processes do with the same memory, and `Relaxed` loads and stores compile to
+    /// plain moves. The slice covers the whole elements that fit in the block (the mapping is
+    /// page-aligned, so every element is aligned).
+    ///
+    /// For plain slices (`&[u8]`, `&mut [f64]`, with `memcpy` speed and SIMD), see
+    /// [`as_slice`](Self::as_slice): they are `unsafe`, because Rust's rules for references
+    /// must then be kept by every process.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Process, SharedMemory};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// fn fill(block: SharedMemory) {
+    ///     for (i, w) in block.atomic_slice::<AtomicU64>().iter().enumerate() {
+    ///         w.store(i as u64 * 10, Ordering::Relaxed);
+    ///     }
+    /// }
+    ///
+    /// let block = SharedMemory::new(32)?;
+    /// Process::builder().start(fill, block.clone())?.join()?;
+    /// let words = block.atomic_slice::<AtomicU64>();
+    /// assert_eq!(words[3].load(Ordering::Relaxed), 30);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn atomic_slice<A: SharedAtomic>(&self) -> &[A] {
+        let n = self.len() / std::mem::size_of::<A>();
+        debug_assert_eq!(self.as_ptr() as usize % std::mem::align_of::<A>(), 0);
+        // SAFETY: the mapping is `len` bytes (covering `n` elements), page-aligned (so aligned
+        // for any atomic), and lives as long as `self`. The std atomics have no invalid bit
+        // patterns for their storage (`AtomicBool` keeps a `u8` and reads it as `!= 0`), and
+        // every access through them is atomic, which is sound whatever other processes do
+        // with the same memory.
         #[allow(unsafe_code)]
         unsafe {
-            std::slice::from_raw_parts(self.as_ptr() as *const AtomicU8, self.len())
+            std::slice::from_raw_parts(self.as_ptr() as *const A, n)
         }
+    }
+
+    /// The block as a plain byte slice, for `memcpy`-speed reads.
+    ///
+    /// # Safety
+    /// A `&[u8]` promises the compiler that the bytes do not change while it lives (it may
+    /// read a byte twice and rely on seeing the same value). So no process, and no thread of
+    /// this one, may write to the block while the slice is alive: for example, every writer
+    /// takes a [`Lock`](crate::Lock) that you hold for as long as you use the slice, or the
+    /// writers are done (a [`Barrier`](crate::Barrier), a joined child). For access without
+    /// such an agreement use [`atomic_slice`](Self::atomic_slice), [`read`](Self::read) and
+    /// [`write`](Self::write), which are safe. A named block truncated by another process
+    /// makes any access to the lost pages fail with `SIGBUS` (see the type's notes).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Process, SharedMemory};
+    ///
+    /// fn fill(block: SharedMemory) {
+    ///     block.write(0, b"hello").unwrap();
+    /// }
+    ///
+    /// let block = SharedMemory::new(5)?;
+    /// Process::builder().start(fill, block.clone())?.join()?;
+    /// // SAFETY: the only writer has exited.
+    /// let bytes = unsafe { block.as_slice() };
+    /// assert_eq!(bytes, b"hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[allow(unsafe_code)]
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as `self`; the caller promises
+        // that nothing writes to it while the slice lives.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
+    }
+
+    /// The block as a plain mutable byte slice, for `memcpy`-speed writes.
+    ///
+    /// # Safety
+    /// A `&mut [u8]` promises that nothing else reads or writes the bytes while it lives: no
+    /// other process, no other thread, and no other slice or view of this block (including
+    /// clones of this handle). Hold a [`Lock`](crate::Lock) that every other user of the block
+    /// takes too, or make sure the others are not running.
+    ///
+    /// # Examples
+    /// ```
+    /// let block = multiprocess::SharedMemory::new(4)?;
+    /// // SAFETY: no other process or thread has the block yet.
+    /// unsafe { block.as_mut_slice() }.copy_from_slice(b"abcd");
+    /// let mut buf = [0u8; 4];
+    /// block.read(0, &mut buf)?;
+    /// assert_eq!(&buf, b"abcd");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes and lives as long as `self`; the caller promises
+        // that nothing else accesses it while the slice lives.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr(), self.len()) }
     }
 }
 

@@ -166,3 +166,55 @@ fn a_value_received_as_another_type_is_an_error() {
         assert_eq!(v.get(), 9);
     });
 }
+
+#[test]
+fn block_copies_at_every_alignment_match_a_plain_buffer() {
+    let block = multiprocess::SharedMemory::new(64).unwrap();
+    let mut model = [0u8; 64];
+    let mut n = 1u8;
+    for offset in 0..20 {
+        for len in [0usize, 1, 3, 7, 8, 9, 16, 17, 30] {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    n = n.wrapping_mul(31).wrapping_add(7);
+                    n
+                })
+                .collect();
+            block.write(offset, &data).unwrap();
+            model[offset..offset + len].copy_from_slice(&data);
+            let mut all = [0u8; 64];
+            block.read(0, &mut all).unwrap();
+            assert_eq!(all, model, "offset {offset} len {len}");
+            let mut part = vec![0u8; len];
+            block.read(offset, &mut part).unwrap();
+            assert_eq!(part, data);
+        }
+    }
+    assert!(block.write(60, &[0; 5]).is_err());
+    assert!(block.read(usize::MAX, &mut [0; 2]).is_err());
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let words = block.atomic_slice::<AtomicU32>();
+    assert_eq!(words.len(), 16);
+    assert_eq!(words[1].load(Ordering::Relaxed).to_ne_bytes(), model[4..8]);
+}
+
+#[test]
+fn value_get_or_set_under_its_own_guard_says_what_to_do() {
+    let v = multiprocess::Value::new(1u32).unwrap();
+    let g = v.lock().unwrap();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| v.set(v.get() + 1)));
+    let msg = r.unwrap_err();
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("through the guard"), "{msg}");
+    drop(g);
+    // Through the guard, Python's `with v.get_lock(): v.value += 1`:
+    *v.lock().unwrap() += 1;
+    assert_eq!(v.get(), 2);
+    // Another thread still waits for the lock as before (not a panic).
+    let g = v.lock().unwrap();
+    let v2 = v.clone();
+    let t = std::thread::spawn(move || v2.get());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    drop(g);
+    assert_eq!(t.join().unwrap(), 2);
+}

@@ -328,6 +328,11 @@ macro_rules! serde_impls {
 /// the lock that dies is handled as for [`Lock`](crate::Lock): the next locker is told by an
 /// [`OwnerDied`](crate::OwnerDied).
 ///
+/// `T` is plain data ([`Pod`](crate::Pod)): integers, floats, arrays of them, your
+/// `#[repr(C)]` structs. `bool` and `char` are not (a peer could write a byte that is no
+/// `bool`): for a shared flag use [`AtomicValue<AtomicBool>`](crate::AtomicValue) (or an
+/// [`Event`](crate::Event)), or a `u8`.
+///
 /// # Examples
 /// ```
 /// use multiprocess::{Process, Value};
@@ -395,15 +400,26 @@ impl<T: Pod> Value<T> {
     /// [`OwnerDied`](crate::OwnerDied) (holding the guard) when the previous holder died
     /// holding the lock: the value may be half-updated.
     ///
+    /// # Panics
+    /// When this thread already holds the lock (a guard is alive): Python's `Value` lock is
+    /// re-entrant, this one is not, and waiting for oneself would never end. The same holds
+    /// for [`get`](Value::get) and [`set`](Value::set) under a guard: update through the
+    /// guard.
+    ///
     /// # Examples
+    /// Python's `with v.get_lock(): v.value += 1` is:
     /// ```
     /// let v = multiprocess::Value::new(1i32)?;
-    /// *v.lock().unwrap() *= 10;
-    /// assert_eq!(v.get(), 10);
+    /// {
+    ///     let mut g = v.lock().unwrap();
+    ///     *g += 1; // not v.set(v.get() + 1): that would panic, the guard holds the lock
+    /// }
+    /// assert_eq!(v.get(), 2);
     /// # Ok::<(), std::io::Error>(())
     /// ```
     #[doc(alias = "get_lock")]
     pub fn lock(&self) -> LockResult<ValueGuard<'_, T>> {
+        self.not_mine("lock");
         let how = self
             .cells
             .raw_lock()
@@ -465,7 +481,22 @@ impl<T: Pod> Value<T> {
     /// ```
     #[doc(alias = "value")]
     pub fn get(&self) -> T {
+        self.not_mine("get");
         *self.lock().unwrap_or_else(crate::OwnerDied::into_inner)
+    }
+
+    /// Python's `Value` lock is re-entrant, so `with v.get_lock(): v.value += 1` works there;
+    /// here the guard *is* the access, and a `get`, `set` or `lock` while this thread holds the
+    /// guard would wait for itself forever. Say so instead of hanging.
+    #[track_caller]
+    fn not_mine(&self, what: &str) {
+        if self.cells.raw_lock().held_by_me() {
+            panic!(
+                "Value::{what} called while this thread holds the value's lock (a guard from \
+                 `lock()` is alive), which would wait for itself forever: read and write \
+                 through the guard instead (`let mut g = v.lock()?; *g += 1;`)"
+            );
+        }
     }
 
     /// Replaces the value, under the lock (Python's `value = x`). A dead previous holder is
@@ -479,6 +510,7 @@ impl<T: Pod> Value<T> {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn set(&self, value: T) {
+        self.not_mine("set");
         *self.lock().unwrap_or_else(crate::OwnerDied::into_inner) = value;
     }
 }
