@@ -6,6 +6,35 @@ use std::time::Duration;
 
 pub use multiprocess::StartMethod;
 
+/// Many tests make children panic on purpose (a task that fails, an initializer that
+/// panics). In a child, a panic prints one line saying so, with its message and place, instead
+/// of the standard report and a backtrace: `cargo test` stays readable, and a child's
+/// unexpected panic still shows where it was (the test that expects its result fails with
+/// it). Panics of the test process itself keep the standard report.
+#[ctor::ctor(unsafe)]
+fn quiet_panics_in_children() {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if multiprocess::parent_process().is_some() {
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!(
+                "(a test child panicked, as tests intend: {message:?} at {place}; no backtrace)"
+            );
+        } else {
+            standard(info);
+        }
+    }));
+}
+
 /// Every start method; each behaviour test runs under all of them.
 pub const METHODS: [StartMethod; 3] = StartMethod::ALL;
 
