@@ -124,8 +124,8 @@ mod tests {
     fn bytes_round_trip_as_one_block() {
         let b = Bytes::from(vec![1u8, 2, 3]);
         let enc = crate::handle::encode(&b).unwrap();
-        // A length byte and the three bytes: no per-element encoding.
-        assert_eq!(enc.bytes, [3, 1, 2, 3]);
+        // The length (a u64) and the three bytes: no per-element encoding.
+        assert_eq!(enc.bytes, [3, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3]);
         let back: Bytes = crate::handle::decode(&enc.bytes, Vec::new()).unwrap();
         assert_eq!(back, b);
     }

@@ -204,3 +204,165 @@ impl From<io::Error> for ProcessError {
         ProcessError::new(Kind::Io(e))
     }
 }
+
+/// Any error of the crate, for `?` in a function that uses several parts of it: every
+/// specific error converts into it, and `fn main() -> Result<(), multiprocess::Error>` needs
+/// no `Box<dyn Error>`. The specific types stay for matching; `Error` wraps them unchanged
+/// (see [`source`](std::error::Error::source)).
+///
+/// A [`PutError`](crate::PutError) loses the value it carried, and a lock's
+/// [`OwnerDied`](crate::OwnerDied) its guard (the lock is released), when they become an
+/// `Error`.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Pipe, Pool, Process, Queue};
+///
+/// fn double(x: u64) -> u64 {
+///     x * 2
+/// }
+///
+/// fn main() -> Result<(), multiprocess::Error> {
+///     let pool = Pool::new(2)?;
+///     let q: Queue<u64> = Queue::new(0)?;
+///     q.put(pool.apply(double, 21)?)?;
+///     let (a, b) = Pipe::new()?;
+///     a.send(&q.get()?)?;
+///     let mut p = Process::new(double, b.recv::<u64>()?);
+///     p.start()?;
+///     assert_eq!(p.join_result()?, 84);
+///     Ok(())
+/// }
+/// # main().unwrap();
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A [`Process`](crate::Process) operation failed, or the child did.
+    Process(ProcessError),
+    /// A [`Pool`](crate::Pool) operation or task failed.
+    Pool(crate::PoolError),
+    /// A [`Connection`](crate::Connection) failed.
+    Connection(crate::ConnectionError),
+    /// A queue `put` failed (the value is dropped).
+    Put(crate::PutError<()>),
+    /// A queue `get` failed.
+    Get(crate::GetError),
+    /// `task_done` was called too often.
+    TaskDone(crate::TaskDoneError),
+    /// A start method or context could not be used.
+    Context(crate::ContextError),
+    /// A barrier was broken, reset or timed out.
+    Barrier(crate::BarrierError),
+    /// A lock's previous holder died holding it (the guard was dropped).
+    OwnerDied {
+        /// The thread that held the lock ([`OwnerDied::previous_owner`](crate::OwnerDied)).
+        previous_owner: i32,
+    },
+    /// A lock was not acquired in time.
+    WouldBlock,
+    /// A lock or semaphore was released by a process that did not hold it, or too often.
+    Release(String),
+    /// An index outside a shared array.
+    Index(crate::shared_memory::IndexError),
+    /// An operating-system error (creating shared memory, a pipe, ...).
+    Io(io::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Process(e) => e.fmt(f),
+            Error::Pool(e) => e.fmt(f),
+            Error::Connection(e) => e.fmt(f),
+            Error::Put(e) => e.fmt(f),
+            Error::Get(e) => e.fmt(f),
+            Error::TaskDone(e) => e.fmt(f),
+            Error::Context(e) => e.fmt(f),
+            Error::Barrier(e) => e.fmt(f),
+            Error::OwnerDied { previous_owner } => write!(
+                f,
+                "the previous holder of the lock (thread {previous_owner}) died holding it"
+            ),
+            Error::WouldBlock => f.write_str("the lock is held by someone else"),
+            Error::Release(m) => f.write_str(m),
+            Error::Index(e) => e.fmt(f),
+            Error::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Process(e) => Some(e),
+            Error::Pool(e) => Some(e),
+            Error::Connection(e) => Some(e),
+            Error::Put(e) => Some(e),
+            Error::Get(e) => Some(e),
+            Error::TaskDone(e) => Some(e),
+            Error::Context(e) => Some(e),
+            Error::Barrier(e) => Some(e),
+            Error::Index(e) => Some(e),
+            Error::Io(e) => Some(e),
+            Error::OwnerDied { .. } | Error::WouldBlock | Error::Release(_) => None,
+        }
+    }
+}
+
+macro_rules! into_error {
+    ($($t:ty => $v:ident),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::$v(e)
+            }
+        }
+    )*};
+}
+
+into_error!(
+    ProcessError => Process,
+    crate::PoolError => Pool,
+    crate::ConnectionError => Connection,
+    crate::GetError => Get,
+    crate::TaskDoneError => TaskDone,
+    crate::ContextError => Context,
+    crate::BarrierError => Barrier,
+    crate::shared_memory::IndexError => Index,
+    io::Error => Io,
+);
+
+impl<T> From<crate::PutError<T>> for Error {
+    fn from(e: crate::PutError<T>) -> Self {
+        Error::Put(e.without_value())
+    }
+}
+
+impl<G> From<crate::OwnerDied<G>> for Error {
+    fn from(e: crate::OwnerDied<G>) -> Self {
+        Error::OwnerDied {
+            previous_owner: e.previous_owner(),
+        }
+    }
+}
+
+impl<G> From<crate::sync::TryLockError<G>> for Error {
+    fn from(e: crate::sync::TryLockError<G>) -> Self {
+        match e {
+            crate::sync::TryLockError::OwnerDied(d) => d.into(),
+            crate::sync::TryLockError::WouldBlock => Error::WouldBlock,
+        }
+    }
+}
+
+impl From<crate::sync::ReleaseError> for Error {
+    fn from(e: crate::sync::ReleaseError) -> Self {
+        Error::Release(e.to_string())
+    }
+}
+
+impl From<crate::sync::SemaphoreError> for Error {
+    fn from(e: crate::sync::SemaphoreError) -> Self {
+        Error::Release(e.to_string())
+    }
+}

@@ -70,10 +70,12 @@ pub fn value_decoder(data: &[u8]) {
             let _ = $($m)::+::decode::<HashMap<String, Vec<u8>>>(data, Vec::new());
             let _ = $($m)::+::decode::<(char, i128, f32, bool)>(data, Vec::new());
             let _ = $($m)::+::decode::<Vec<Shape>>(data, Vec::new());
+            let _ = $($m)::+::decode::<crate::Dynamic<Vec<Shape>>>(data, Vec::new());
+            let _ = $($m)::+::decode::<crate::Dynamic<serde::de::IgnoredAny>>(data, Vec::new());
         }};
     }
     shapes!(crate::handle);
-    shapes!(crate::pool::wire);
+    shapes!(crate::wire);
 }
 
 /// The frame reader, fed bytes as a peer's socket would carry them: `data` is written to a

@@ -197,24 +197,23 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     out: Vec<u8>,
 ) -> Result<Encoded, EncodeError> {
-    let (result, fds) = collecting(|| postcard::to_extend(value, out));
-    match result {
-        Ok(bytes) => Ok(Encoded { bytes, fds }),
+    let mut bytes = out;
+    match crate::wire::encode_into_vec(value, &mut bytes) {
+        Ok(fds) => Ok(Encoded { bytes, fds }),
         Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
     }
 }
 
-/// Encodes `value` into a postcard `output` (a custom flavor), which it returns with the
-/// descriptors to send.
+/// Encodes `value` into `output` in one pass, which it returns with the descriptors to send.
 #[inline]
-pub(crate) fn encode_to<T: Serialize + ?Sized, F: postcard::ser_flavors::Flavor>(
+pub(crate) fn encode_to<T: Serialize + ?Sized, O: crate::wire::Out>(
     value: &T,
-    output: F,
-) -> Result<(F, Vec<RawFd>), EncodeError> {
-    let mut ser = postcard::Serializer { output };
+    output: O,
+) -> Result<(O, Vec<RawFd>), EncodeError> {
+    let mut ser = crate::wire::Ser { out: output };
     let (result, fds) = collecting(|| value.serialize(&mut ser));
     match result {
-        Ok(()) => Ok((ser.output, fds)),
+        Ok(()) => Ok((ser.out, fds)),
         Err(e) => Err(EncodeError(format!("cannot serialize the value: {e}"))),
     }
 }
@@ -230,18 +229,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, DecodeError> {
-    match receiving(fds, || postcard::take_from_bytes::<T>(bytes)) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(DecodeError(format!(
-            "the message does not match the type `{}`: {} bytes were left over",
-            std::any::type_name::<T>(),
-            rest.len()
-        ))),
-        Err(e) => Err(DecodeError(format!(
-            "the message does not decode as `{}`: {e}",
-            std::any::type_name::<T>()
-        ))),
-    }
+    crate::wire::decode(bytes, fds).map_err(|e| DecodeError(e.into_message()))
 }
 
 /// Runs `f` (an encoding with any serde format) while collecting the descriptors of the

@@ -28,7 +28,40 @@
 //! captures nothing, taking one argument (a tuple or struct for several) that implements
 //! serde's `Serialize` and `Deserialize`, and returning such a value. The child finds the
 //! function by its position in the executable, so the same binary must run on both sides
-//! (it does, under every start method); a capturing closure is a compile error.
+//! (it does, under every start method).
+//!
+//! What cannot be a target, and why:
+//! - **A closure that captures** (a `move` closure, or one that uses a local variable): its
+//!   captures live in this process's memory and could not be rebuilt in the child. Pass them
+//!   as the argument. rustc's hint for a closure that borrows a local, "add `move`", leads here
+//!   too: the data belongs in the argument instead.
+//! - **A `fn` pointer** (`let f: fn(u32) -> u32 = square;`, or one picked at run time): a
+//!   pointer is a value, not a type, so the child could not tell which function it is. Pass
+//!   the function item itself (`square`), or a non-capturing closure that matches on an
+//!   argument to choose.
+//!
+//!   Both are refused when the program is compiled ("a multiprocess target must be a function
+//!   item..."). The check needs the target's size, which the compiler knows only when it
+//!   generates code: `cargo build`, `cargo test` and `cargo run` report it (with the call it
+//!   comes from in the notes), `cargo check` and an IDE's checker do not.
+//!
+//!   ```compile_fail
+//!   # fn main() -> Result<(), multiprocess::ProcessError> {
+//!   let factor = 3u64;
+//!   let mut p = multiprocess::Process::new(move |x: u64| x * factor, 2); // captures `factor`
+//!   # p.start()?; Ok(()) }
+//!   ```
+//!   ```compile_fail
+//!   # fn main() -> Result<(), multiprocess::ProcessError> {
+//!   fn square(x: u64) -> u64 { x * x }
+//!   let f: fn(u64) -> u64 = square; // a pointer: refused
+//!   let mut p = multiprocess::Process::new(f, 2);
+//!   # p.start()?; Ok(()) }
+//!   ```
+//! - **A target whose argument borrows** (`fn f(s: &str)`, `fn f(v: &[u8])`): the argument is
+//!   decoded in the child into a value it owns, so it must be an owned type (`String`,
+//!   `Vec<u8>`); with a borrowed one the compiler says that "implementation of `Deserialize` is
+//!   not general enough".
 //!
 //! ## Process
 //! [`Process::new`]`(target, args)` or [`Process::builder`] (name, daemon, start method);
@@ -164,6 +197,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod handle;
+mod lifecycle;
 pub mod pool;
 pub mod process;
 pub mod queue;
@@ -173,6 +207,7 @@ pub mod shared_memory;
 pub mod sync;
 mod sys;
 mod task;
+mod wire;
 
 pub use bytes::Bytes;
 pub use connection::{Connection, ConnectionError, Pipe};
@@ -180,8 +215,8 @@ pub use context::{
     get_all_start_methods, get_context, get_start_method, init, set_start_method, Context,
     ContextError, StartMethod,
 };
-pub use error::ProcessError;
-pub use pool::{AsyncResult, Pool, PoolError};
+pub use error::{Error, ProcessError};
+pub use pool::{AsyncResult, Pool, PoolError, PoolErrorKind};
 pub use process::{
     active_children, cpu_count, current_process, parent_process, ActiveChild, Builder,
     CurrentProcess, ParentProcess, Process,
@@ -195,6 +230,7 @@ pub use sync::{
     Barrier, BarrierError, BoundedSemaphore, Condition, Event, Lock, OwnerDied, RLock, Semaphore,
 };
 pub use task::Run;
+pub use wire::Dynamic;
 
 /// Marks `main` so that it calls [`init`] first: `#[multiprocess::main] fn main() { ... }`.
 ///

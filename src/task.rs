@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::connection::Connection;
 use crate::handle;
-use crate::pool::wire;
+use crate::wire;
 
 /// What a child reports on its status channel.
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,8 +64,10 @@ pub(crate) struct AssertTarget<F>(PhantomData<F>);
 impl<F> AssertTarget<F> {
     pub(crate) const ZERO_SIZED: () = assert!(
         std::mem::size_of::<F>() == 0,
-        "a multiprocess target must be a function item or a closure that captures nothing: \
-         pass the data it needs as the argument instead"
+        "a multiprocess target must be a function item (`my_fn`) or a closure that captures \
+         nothing; this one is a `fn` pointer or a closure that captures (a `move` closure, or \
+         one using a local variable). Pass the data it needs as the argument instead, and name \
+         the function itself rather than a `fn` pointer (the crate docs explain targets)"
     );
 }
 
@@ -259,7 +261,7 @@ impl<R> UnitOut<R> {
 impl<R: DeserializeOwned> UnitOut<R> {
     /// Decodes a unit's results.
     pub(crate) fn decode(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<UnitOut<R>, String> {
-        let bad = |e: wire::WireError| e.0;
+        let bad = |e: wire::WireError| e.into_message();
         let Some((v, rest)) = bytes.split_first_chunk::<4>() else {
             return Err("empty unit results".into());
         };
@@ -417,12 +419,12 @@ where
         }
     }
     if !de.is_empty() {
-        return Err(bad_arg(wire::WireError("bytes were left over".into())));
+        return Err(bad_arg(wire::WireError::new("bytes were left over")));
     }
     if !panics.is_empty() {
         out[at..at + 4].copy_from_slice(&MIXED.to_le_bytes());
         let offset = (out.len() - at) as u64;
-        wire::encode_into_vec(&panics, out).map_err(|e| e.0)?;
+        wire::encode_into_vec(&panics, out).map_err(|e| e.into_message())?;
         out.extend_from_slice(&offset.to_le_bytes());
     }
     Ok(())

@@ -18,7 +18,7 @@
 //! 0       4     magic  "MPC1" (0x3143_504d little-endian): catches a stream that lost sync
 //! 4       4     nfds   number of descriptors attached to the frame (SCM_RIGHTS, first byte)
 //! 8       8     len    payload length in bytes, little-endian
-//! 16      len   payload: postcard-encoded value, or the raw bytes of send_bytes
+//! 16      len   payload: the encoded value (crate::wire), or the raw bytes of send_bytes
 //! ```
 //!
 //! A frame is written by one `sendmsg` (header and payload as two slices, descriptors as

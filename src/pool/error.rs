@@ -62,7 +62,75 @@ pub(crate) enum Kind {
     Invalid(String),
 }
 
+/// What kind of failure a [`PoolError`] is ([`PoolError::kind`]), to match on.
+///
+/// Non-exhaustive: new kinds may come, so a `match` needs a `_` arm.
+///
+/// # Examples
+/// ```
+/// use multiprocess::{Pool, PoolErrorKind};
+///
+/// fn check(x: i32) -> i32 {
+///     assert!(x != 3, "three is not allowed");
+///     x
+/// }
+///
+/// let pool = Pool::new(2)?;
+/// match pool.apply(check, 3) {
+///     Err(e) if e.kind() == PoolErrorKind::Panicked => println!("task panicked: {e}"),
+///     Err(e) => return Err(e),
+///     Ok(v) => println!("got {v}"),
+/// }
+/// # Ok::<(), multiprocess::PoolError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PoolErrorKind {
+    /// The task panicked ([`PoolError::panic_message`]).
+    Panicked,
+    /// The worker running the task died ([`PoolError::signal`], [`PoolError::exit_code`]).
+    WorkerLost,
+    /// The task's argument could not be serialized here, or its result in the worker.
+    Encode,
+    /// The task's argument did not decode in the worker, or its result did not decode here
+    /// (a type mismatch, or a shape that needs [`Dynamic`](crate::Dynamic)).
+    Decode,
+    /// The pool's initializer failed: the pool is broken.
+    Initializer,
+    /// A worker could not be started (a system limit, say).
+    Start,
+    /// The pool was closed or terminated before the task was submitted.
+    Closed,
+    /// The pool was terminated before the task finished.
+    Terminated,
+    /// `get_timeout` or `next_timeout` gave up waiting; the task goes on.
+    Timeout,
+    /// The call does not fit: chunksize 0, zero processes, a result taken twice, `join`
+    /// before `close`.
+    Misuse,
+}
+
 impl PoolError {
+    /// What kind of failure this is.
+    pub fn kind(&self) -> PoolErrorKind {
+        match self.kind {
+            Kind::Panicked { .. } => PoolErrorKind::Panicked,
+            Kind::Failed { ref message, .. } if message.starts_with("cannot decode") => {
+                PoolErrorKind::Decode
+            }
+            Kind::Failed { .. } => PoolErrorKind::Encode,
+            Kind::WorkerLost { .. } => PoolErrorKind::WorkerLost,
+            Kind::Initializer { .. } => PoolErrorKind::Initializer,
+            Kind::Start(_) => PoolErrorKind::Start,
+            Kind::Closed => PoolErrorKind::Closed,
+            Kind::Terminated => PoolErrorKind::Terminated,
+            Kind::Timeout => PoolErrorKind::Timeout,
+            Kind::Encode(_) => PoolErrorKind::Encode,
+            Kind::Decode(_) => PoolErrorKind::Decode,
+            Kind::Taken | Kind::Invalid(_) => PoolErrorKind::Misuse,
+        }
+    }
+
     pub(crate) fn new(kind: Kind) -> Self {
         PoolError {
             kind,

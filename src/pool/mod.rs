@@ -50,7 +50,6 @@ mod arena;
 mod error;
 mod result;
 mod supervisor;
-pub(crate) mod wire;
 mod worker;
 
 use std::marker::PhantomData;
@@ -61,7 +60,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use error::PoolError;
+pub use error::{PoolError, PoolErrorKind};
 pub use result::AsyncResult;
 
 use error::Kind;
@@ -70,6 +69,7 @@ use supervisor::{Config, InitSpec, KeepAlive, LazyArgs, Payload, Shared, Unit, U
 
 use crate::context::StartMethod;
 use crate::task;
+use crate::wire;
 
 /// A pool of worker processes (Python's `multiprocessing.Pool`).
 ///
@@ -201,7 +201,7 @@ impl Builder {
                 fds,
                 keep: Arc::new(Mutex::new(arg)),
             }),
-            Err(e) => Err(PoolError::new(Kind::Encode(e.0))),
+            Err(e) => Err(PoolError::new(Kind::Encode(e.into_message()))),
         };
         self.init = Some(spec);
         self
@@ -340,7 +340,7 @@ impl Pool {
         let fds = match wire::encode_into_vec(&items[..], &mut bytes) {
             Ok(fds) => fds,
             Err(e) => {
-                sink.fail(start, count, PoolError::new(Kind::Encode(e.0)));
+                sink.fail(start, count, PoolError::new(Kind::Encode(e.into_message())));
                 return None;
             }
         };
@@ -380,7 +380,7 @@ impl Pool {
         let (len, nfds) = match measured {
             Ok(m) => m,
             Err(e) => {
-                sink.fail(start, count, PoolError::new(Kind::Encode(e.0)));
+                sink.fail(start, count, PoolError::new(Kind::Encode(e.into_message())));
                 return None;
             }
         };
@@ -1066,7 +1066,8 @@ struct Items<A> {
 impl<A: Serialize + Send> LazyArgs for Items<A> {
     fn encode(&self, buf: &mut [u8]) -> Result<Vec<std::os::fd::RawFd>, String> {
         let all = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        let (n, fds) = wire::encode_into_slice(&all[self.range.clone()], buf).map_err(|e| e.0)?;
+        let (n, fds) =
+            wire::encode_into_slice(&all[self.range.clone()], buf).map_err(|e| e.into_message())?;
         if n != buf.len() {
             return Err("the argument encoded to another length than measured".into());
         }

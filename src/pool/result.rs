@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 
 use super::error::{Kind, PoolError};
-use super::wire;
 use crate::task::{self, UnitOut};
+use crate::wire;
 
 /// The receiving end of a unit of work, type-erased for the pool's result handler.
 pub(crate) trait Sink: Send + Sync {
@@ -178,7 +178,13 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
         }
         let before = st.out.len();
         let decoded = task::unless_panic("decoding the result", || {
-            wire::decode_seed(values, fds, wire::Append(&mut st.out)).map_err(|e| e.0)
+            wire::decode_seed(
+                values,
+                fds,
+                wire::Append(&mut st.out),
+                std::any::type_name::<Vec<R>>,
+            )
+            .map_err(|e| e.into_message())
         });
         let chunk = match decoded {
             Ok(()) if st.out.len() - before == count => {

@@ -3,7 +3,7 @@
 //!
 //! A queue is a ring of bytes in shared memory (a memfd mapped by every process that holds the
 //! queue) with futex waits; see [`ring`](self) for its layout and protocols. `put` serializes
-//! the value in the caller's thread (postcard, as [`Connection`](crate::Connection) does) and
+//! the value in the caller's thread (the crate's wire format, as [`Connection`](crate::Connection) does) and
 //! copies it into the ring; there is no feeder thread, so a serialization error reaches the
 //! caller and a process that put data can always exit. Messages larger than a quarter of the
 //! ring stream through it in chunks. Handles inside a message (a [`Connection`], another
@@ -48,6 +48,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::handle::{self, TrackedFd};
 use crate::region::Region;
 use crate::sys::ipc;
+use crate::wire;
 use ring::{Fail, Got, Ring, Wait};
 use small::Small;
 
@@ -83,21 +84,9 @@ impl Spill<'_> {
     }
 }
 
-impl postcard::ser_flavors::Flavor for Spill<'_> {
-    type Output = ();
-
+impl wire::Out for Spill<'_> {
     #[inline]
-    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        if let Some(big) = &mut self.big {
-            big.push(b);
-        } else if !self.small.push(b) {
-            self.spill().push(b);
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+    fn put(&mut self, data: &[u8]) -> Result<(), wire::WireError> {
         if let Some(big) = &mut self.big {
             big.extend_from_slice(data);
         } else if !self.small.extend(data) {
@@ -106,8 +95,18 @@ impl postcard::ser_flavors::Flavor for Spill<'_> {
         Ok(())
     }
 
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
+    fn pos(&self) -> usize {
+        match &self.big {
+            Some(big) => big.len(),
+            None => self.small.len(),
+        }
+    }
+
+    fn patch(&mut self, at: usize, bytes: [u8; 8]) -> Result<(), wire::WireError> {
+        match &mut self.big {
+            Some(big) => wire::patch_slice(big, at, bytes),
+            None => wire::patch_slice(self.small.as_bytes_mut(), at, bytes),
+        }
     }
 }
 
@@ -133,6 +132,18 @@ pub enum PutError<T> {
 }
 
 impl<T> PutError<T> {
+    /// The same error without the value (for [`crate::Error`]).
+    pub(crate) fn without_value(self) -> PutError<()> {
+        match self {
+            PutError::Full(_) => PutError::Full(()),
+            PutError::Timeout(_) => PutError::Timeout(()),
+            PutError::Closed(_) => PutError::Closed(()),
+            PutError::Encode(_, m) => PutError::Encode((), m),
+            PutError::Io(_, e) => PutError::Io((), e),
+            PutError::Corrupt(_, m) => PutError::Corrupt((), m),
+        }
+    }
+
     /// The value that was not put.
     pub fn into_inner(self) -> T {
         match self {

@@ -45,7 +45,7 @@ impl Small {
     }
 
     /// Appends a byte; `false` (and nothing written) when the buffer is full.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn push(&mut self, b: u8) -> bool {
         if self.len == SMALL {
             return false;
@@ -79,6 +79,14 @@ impl Small {
             self.put_byte(*b);
         }
         true
+    }
+
+    /// The message, to overwrite bytes already written.
+    #[inline]
+    pub(crate) fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the first `len` bytes are initialized (every writer keeps this invariant),
+        // and `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.bytes_mut(), self.len) }
     }
 
     /// The message.

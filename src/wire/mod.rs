@@ -1,16 +1,18 @@
-//! The pool's wire format: a serde format built for speed, private to the crate.
+//! The crate's wire format: every value that crosses a process (Process arguments and
+//! results, Connection messages, Queue items, Pool arguments and results) is encoded here, by
+//! one serde format with one set of limits and one set of error messages.
 //!
-//! Pool arguments and results are encoded and decoded by processes running the same
-//! executable, so the format needs no self-description and no compactness tricks: every value
-//! is written at its natural fixed width, little-endian. Measured on 1,000,000 `u64`s, postcard's
-//! varints cost about 10 ns per value to encode and 7-10 ns to decode; this format costs about
-//! a nanosecond (a bounds check and an 8-byte copy), at the price of more bytes for small
-//! integers, which shared memory carries for free.
+//! Values are encoded and decoded by processes running the same executable, so the format
+//! needs no self-description and no compactness tricks: every value is written at its natural
+//! fixed width, little-endian. Measured on 1,000,000 `u64`s, postcard's varints cost about
+//! 10 ns per value to encode and 7-10 ns to decode; this format costs about a nanosecond (a
+//! bounds check and an 8-byte copy), at the price of more bytes for small integers, which
+//! shared memory carries for free.
 //!
 //! | value | bytes |
 //! |---|---|
 //! | `bool`, `u8`, `i8` | 1 |
-//! | `u16`..`u128`, `i16`..`i128`, `f32`, `f64` | their width, little-endian |
+//! | `u16`..`u128`, `i16`..`i128`, `f32`, `f64` | their width, little-endian (NaN bits kept) |
 //! | `char` | its code point as a `u32` |
 //! | `str`, bytes, sequences, maps | a `u64` length (bytes, elements, entries), then the contents |
 //! | `Option` | a `u8` tag (0: `None`, 1: `Some`), then the value |
@@ -18,9 +20,21 @@
 //! | unit, unit struct | nothing |
 //! | tuples, structs, newtypes | their fields in order |
 //!
-//! A sequence must know its length up front (as in postcard). Handles inside values work as with
-//! every crate encoding: run the encoding inside [`handle::collecting`] and the decoding inside
-//! [`handle::receiving`] (the `encode_*`/`decode` helpers here do).
+//! A sequence or map of unknown length (an iterator without an exact size) gets its length
+//! written after its elements, into the place kept for it. Shapes that a format can only
+//! decode by asking the bytes what comes next (`deserialize_any`: internally or adjacently
+//! tagged and untagged enums, `#[serde(flatten)]`, `serde_json::Value`) and structs that skip fields
+//! (`skip_serializing_if`) go through [`Dynamic`], a self-describing encoding of one value
+//! nested in this one ([`dynamic`]). Errors name the path to the failing field and point to
+//! `Dynamic` where it is the fix.
+//!
+//! Handles inside values work as with every crate encoding: run the encoding inside
+//! [`handle::collecting`] and the decoding inside [`handle::receiving`] (the `encode_*`/`decode`
+//! helpers here do).
+
+pub(crate) mod dynamic;
+
+pub use dynamic::Dynamic;
 
 use std::fmt;
 use std::os::fd::{OwnedFd, RawFd};
@@ -30,13 +44,56 @@ use serde::ser::{self, Serialize};
 
 use crate::handle;
 
-/// Why a value could not be encoded or decoded.
-#[derive(Debug)]
-pub(crate) struct WireError(pub(crate) String);
+/// Why a value could not be encoded or decoded: a message, and the path from the top of the
+/// value to where it failed (built on the way out, so the success path pays nothing).
+pub(crate) struct WireError(Box<Inner>);
+
+struct Inner {
+    message: String,
+    /// Innermost first: "field `kind` of `Event`", "element 3", ...
+    path: Vec<String>,
+}
+
+impl WireError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        WireError(Box::new(Inner {
+            message: message.into(),
+            path: Vec::new(),
+        }))
+    }
+
+    /// Adds the place one level up the value.
+    #[cold]
+    pub(crate) fn within(mut self, place: impl FnOnce() -> String) -> Self {
+        if self.0.path.len() < 32 {
+            self.0.path.push(place());
+        }
+        self
+    }
+
+    /// The message and the path, as one line.
+    pub(crate) fn into_message(self) -> String {
+        self.to_string()
+    }
+}
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.0.message)?;
+        for (i, place) in self.0.path.iter().enumerate() {
+            f.write_str(if i == 0 { " (in " } else { ", in " })?;
+            f.write_str(place)?;
+        }
+        if !self.0.path.is_empty() {
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WireError({self})")
     }
 }
 
@@ -44,15 +101,19 @@ impl std::error::Error for WireError {}
 
 impl ser::Error for WireError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        WireError(msg.to_string())
+        WireError::new(msg.to_string())
     }
 }
 
 impl de::Error for WireError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        WireError(msg.to_string())
+        WireError::new(msg.to_string())
     }
 }
+
+/// What to do about a shape the compact format cannot carry.
+pub(crate) const USE_DYNAMIC: &str = "wrap the value, or the field, in `multiprocess::Dynamic` \
+     (a self-describing encoding for that value only)";
 
 type Result<T> = std::result::Result<T, WireError>;
 
@@ -62,6 +123,10 @@ type Result<T> = std::result::Result<T, WireError>;
 /// Where encoded bytes go.
 pub(crate) trait Out {
     fn put(&mut self, bytes: &[u8]) -> Result<()>;
+    /// How many bytes were put so far.
+    fn pos(&self) -> usize;
+    /// Overwrites 8 bytes put earlier at `at` (a length written after its elements).
+    fn patch(&mut self, at: usize, bytes: [u8; 8]) -> Result<()>;
 }
 
 impl Out for Vec<u8> {
@@ -69,6 +134,25 @@ impl Out for Vec<u8> {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.extend_from_slice(bytes);
         Ok(())
+    }
+    fn pos(&self) -> usize {
+        self.len()
+    }
+    fn patch(&mut self, at: usize, bytes: [u8; 8]) -> Result<()> {
+        patch_slice(self, at, bytes)
+    }
+}
+
+/// Overwrites `buf[at..at + 8]`.
+pub(crate) fn patch_slice(buf: &mut [u8], at: usize, bytes: [u8; 8]) -> Result<()> {
+    match buf.get_mut(at..at.saturating_add(8)) {
+        Some(dst) => {
+            dst.copy_from_slice(&bytes);
+            Ok(())
+        }
+        None => Err(WireError::new(
+            "a length to fill in lies outside the encoding",
+        )),
     }
 }
 
@@ -80,6 +164,12 @@ impl Out for Counter {
     #[inline]
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         self.0 += bytes.len();
+        Ok(())
+    }
+    fn pos(&self) -> usize {
+        self.0
+    }
+    fn patch(&mut self, _: usize, _: [u8; 8]) -> Result<()> {
         Ok(())
     }
 }
@@ -101,8 +191,14 @@ impl Out for SliceOut<'_> {
                 self.pos = end;
                 Ok(())
             }
-            None => Err(WireError("the encoding outgrew its buffer".into())),
+            None => Err(WireError::new("the encoding outgrew its buffer")),
         }
+    }
+    fn pos(&self) -> usize {
+        self.pos
+    }
+    fn patch(&mut self, at: usize, bytes: [u8; 8]) -> Result<()> {
+        patch_slice(&mut self.buf[..self.pos], at, bytes)
     }
 }
 
@@ -128,8 +224,8 @@ pub(crate) fn encode_into_vec<T: Serialize + ?Sized>(
         Ok((n, fds)) if n == len => Ok(fds),
         Ok(_) => {
             out.truncate(start);
-            Err(WireError(
-                "the value encoded to another length than measured".into(),
+            Err(WireError::new(
+                "the value encoded to another length than measured",
             ))
         }
         Err(e) => {
@@ -157,6 +253,12 @@ impl<O: Out + ?Sized> Out for &mut O {
     fn put(&mut self, bytes: &[u8]) -> Result<()> {
         (**self).put(bytes)
     }
+    fn pos(&self) -> usize {
+        (**self).pos()
+    }
+    fn patch(&mut self, at: usize, bytes: [u8; 8]) -> Result<()> {
+        (**self).patch(at, bytes)
+    }
 }
 
 /// The serializer.
@@ -171,16 +273,16 @@ impl<O: Out> Ser<O> {
     }
 }
 
-impl<O: Out> ser::Serializer for &mut Ser<O> {
+impl<'a, O: Out> ser::Serializer for &'a mut Ser<O> {
     type Ok = ();
     type Error = WireError;
-    type SerializeSeq = Self;
+    type SerializeSeq = Many<'a, O>;
     type SerializeTuple = Self;
     type SerializeTupleStruct = Self;
     type SerializeTupleVariant = Self;
-    type SerializeMap = Self;
-    type SerializeStruct = Self;
-    type SerializeStructVariant = Self;
+    type SerializeMap = Many<'a, O>;
+    type SerializeStruct = Fields<'a, O>;
+    type SerializeStructVariant = Fields<'a, O>;
 
     fn is_human_readable(&self) -> bool {
         false
@@ -283,16 +385,20 @@ impl<O: Out> ser::Serializer for &mut Ser<O> {
         self.serialize_u32(index)?;
         value.serialize(self)
     }
-    fn serialize_seq(self, len: Option<usize>) -> Result<Self> {
-        match len {
+    #[inline]
+    fn serialize_seq(self, len: Option<usize>) -> Result<Many<'a, O>> {
+        let unknown = match len {
             Some(n) => {
                 self.len(n)?;
-                Ok(self)
+                None
             }
-            None => Err(WireError(
-                "a sequence of unknown length cannot be encoded (collect it first)".into(),
-            )),
-        }
+            None => {
+                let at = self.out.pos();
+                self.len(0)?;
+                Some((at, 0))
+            }
+        };
+        Ok(Many { ser: self, unknown })
     }
     fn serialize_tuple(self, _: usize) -> Result<Self> {
         Ok(self)
@@ -310,33 +416,59 @@ impl<O: Out> ser::Serializer for &mut Ser<O> {
         self.serialize_u32(index)?;
         Ok(self)
     }
-    fn serialize_map(self, len: Option<usize>) -> Result<Self> {
+    fn serialize_map(self, len: Option<usize>) -> Result<Many<'a, O>> {
         self.serialize_seq(len)
     }
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self> {
-        Ok(self)
+    #[inline]
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Fields<'a, O>> {
+        Ok(Fields { ser: self, name })
     }
     fn serialize_struct_variant(
         self,
-        _: &'static str,
+        name: &'static str,
         index: u32,
         _: &'static str,
         _: usize,
-    ) -> Result<Self> {
+    ) -> Result<Fields<'a, O>> {
         self.serialize_u32(index)?;
-        Ok(self)
+        Ok(Fields { ser: self, name })
     }
 }
 
-impl<O: Out> ser::SerializeSeq for &mut Ser<O> {
+/// A sequence or map being written; one of unknown length counts its elements and writes the
+/// count into the place kept for it at the end.
+pub(crate) struct Many<'a, O> {
+    ser: &'a mut Ser<O>,
+    /// Where the length goes, and the elements (or entries) so far.
+    unknown: Option<(usize, u64)>,
+}
+
+impl<O: Out> Many<'_, O> {
+    #[inline]
+    fn one_more(&mut self) {
+        if let Some((_, n)) = &mut self.unknown {
+            *n += 1;
+        }
+    }
+
+    fn finish(self) -> Result<()> {
+        match self.unknown {
+            Some((at, n)) => self.ser.out.patch(at, n.to_le_bytes()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<O: Out> ser::SerializeSeq for Many<'_, O> {
     type Ok = ();
     type Error = WireError;
     #[inline]
     fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
+        self.one_more();
+        value.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<()> {
-        Ok(())
+        self.finish()
     }
 }
 
@@ -374,37 +506,62 @@ impl<O: Out> ser::SerializeTupleVariant for &mut Ser<O> {
     }
 }
 
-impl<O: Out> ser::SerializeMap for &mut Ser<O> {
+impl<O: Out> ser::SerializeMap for Many<'_, O> {
     type Ok = ();
     type Error = WireError;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<()> {
-        key.serialize(&mut **self)
+        self.one_more();
+        key.serialize(&mut *self.ser)
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
+        value.serialize(&mut *self.ser)
     }
     fn end(self) -> Result<()> {
-        Ok(())
+        self.finish()
     }
 }
 
-impl<O: Out> ser::SerializeStruct for &mut Ser<O> {
+/// A struct's fields, written by position.
+pub(crate) struct Fields<'a, O> {
+    ser: &'a mut Ser<O>,
+    name: &'static str,
+}
+
+impl<O: Out> Fields<'_, O> {
+    /// A skipped field would shift every later one: refused, never silently lossy.
+    #[cold]
+    fn skipped(&self, field: &'static str) -> WireError {
+        WireError::new(format!(
+            "field `{field}` of `{}` was skipped while serializing (`skip_serializing_if` or \
+             `skip_serializing`), and this format stores fields by position: {USE_DYNAMIC}",
+            self.name
+        ))
+    }
+}
+
+impl<O: Out> ser::SerializeStruct for Fields<'_, O> {
     type Ok = ();
     type Error = WireError;
     #[inline]
     fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
+        value.serialize(&mut *self.ser)
+    }
+    fn skip_field(&mut self, field: &'static str) -> Result<()> {
+        Err(self.skipped(field))
     }
     fn end(self) -> Result<()> {
         Ok(())
     }
 }
 
-impl<O: Out> ser::SerializeStructVariant for &mut Ser<O> {
+impl<O: Out> ser::SerializeStructVariant for Fields<'_, O> {
     type Ok = ();
     type Error = WireError;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut **self)
+        value.serialize(&mut *self.ser)
+    }
+    fn skip_field(&mut self, field: &'static str) -> Result<()> {
+        Err(self.skipped(field))
     }
     fn end(self) -> Result<()> {
         Ok(())
@@ -417,25 +574,31 @@ impl<O: Out> ser::SerializeStructVariant for &mut Ser<O> {
 /// Decodes a `T` from all of `bytes`, handing it the descriptors that came with them (those
 /// it does not claim are closed).
 pub(crate) fn decode<T: de::DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T> {
-    decode_seed(bytes, fds, std::marker::PhantomData::<T>)
+    decode_seed(
+        bytes,
+        fds,
+        std::marker::PhantomData::<T>,
+        std::any::type_name::<T>,
+    )
 }
 
-/// As [`decode`], through a seed (to decode into an existing value, say).
+/// As [`decode`], through a seed (to decode into an existing value, say); `what` names the
+/// type in errors.
 pub(crate) fn decode_seed<'de, S: DeserializeSeed<'de>>(
     bytes: &'de [u8],
     fds: Vec<OwnedFd>,
     seed: S,
+    what: fn() -> &'static str,
 ) -> Result<S::Value> {
     handle::receiving(fds, || {
         let mut de = De { input: bytes };
-        let what = || std::any::type_name::<S::Value>();
-        let value = seed
-            .deserialize(&mut de)
-            .map_err(|e| WireError(format!("the message does not decode as `{}`: {e}", what())))?;
+        let value = seed.deserialize(&mut de).map_err(|e| {
+            WireError::new(format!("the message does not decode as `{}`: {e}", what()))
+        })?;
         if de.input.is_empty() {
             Ok(value)
         } else {
-            Err(WireError(format!(
+            Err(WireError::new(format!(
                 "the message does not match the type `{}`: {} bytes were left over",
                 what(),
                 de.input.len()
@@ -453,13 +616,19 @@ pub(crate) fn decode_n<T: de::DeserializeOwned>(
     handle::receiving(fds, || {
         let mut de = De { input: bytes };
         let mut v = Vec::with_capacity(n.min(bytes.len()));
-        for _ in 0..n {
-            v.push(T::deserialize(&mut de)?);
+        for i in 0..n {
+            let value = T::deserialize(&mut de).map_err(|e| {
+                WireError::new(format!(
+                    "value {i} does not decode as `{}`: {e}",
+                    std::any::type_name::<T>()
+                ))
+            })?;
+            v.push(value);
         }
         if de.input.is_empty() {
             Ok(v)
         } else {
-            Err(WireError("bytes were left over".into()))
+            Err(WireError::new("bytes were left over"))
         }
     })
 }
@@ -510,7 +679,7 @@ impl<'de> De<'de> {
     #[inline]
     fn take(&mut self, n: usize) -> Result<&'de [u8]> {
         if self.input.len() < n {
-            return Err(WireError("the message ended early".into()));
+            return Err(WireError::new("the message ended early"));
         }
         let (head, rest) = self.input.split_at(n);
         self.input = rest;
@@ -524,14 +693,14 @@ impl<'de> De<'de> {
                 self.input = rest;
                 Ok(*head)
             }
-            None => Err(WireError("the message ended early".into())),
+            None => Err(WireError::new("the message ended early")),
         }
     }
 
     #[inline]
     fn len(&mut self) -> Result<usize> {
         let n = u64::from_le_bytes(self.array()?);
-        usize::try_from(n).map_err(|_| WireError(format!("length {n} too large")))
+        usize::try_from(n).map_err(|_| WireError::new(format!("length {n} too large")))
     }
 
     fn u8(&mut self) -> Result<u8> {
@@ -555,17 +724,20 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
         false
     }
 
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        Err(WireError(
-            "the pool's format is not self-describing (`deserialize_any` is not supported)".into(),
-        ))
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
+        Err(WireError::new(format!(
+            "{} must be read by asking the bytes what they hold (serde's `deserialize_any`: \
+             internally or adjacently tagged and untagged enums, `#[serde(flatten)]`, \
+             `serde_json::Value` and the like), and this compact format does not record that: {USE_DYNAMIC}",
+            Expecting(&visitor)
+        )))
     }
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         match self.u8()? {
             0 => visitor.visit_bool(false),
             1 => visitor.visit_bool(true),
-            b => Err(WireError(format!("invalid bool {b}"))),
+            b => Err(WireError::new(format!("invalid bool {b}"))),
         }
     }
 
@@ -586,7 +758,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
         let n = u32::from_le_bytes(self.array()?);
         match char::from_u32(n) {
             Some(c) => visitor.visit_char(c),
-            None => Err(WireError(format!("invalid char {n:#x}"))),
+            None => Err(WireError::new(format!("invalid char {n:#x}"))),
         }
     }
 
@@ -595,7 +767,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
         let bytes = self.take(n)?;
         match std::str::from_utf8(bytes) {
             Ok(s) => visitor.visit_borrowed_str(s),
-            Err(e) => Err(WireError(format!("invalid string: {e}"))),
+            Err(e) => Err(WireError::new(format!("invalid string: {e}"))),
         }
     }
 
@@ -616,7 +788,7 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
         match self.u8()? {
             0 => visitor.visit_none(),
             1 => visitor.visit_some(self),
-            b => Err(WireError(format!("invalid option tag {b}"))),
+            b => Err(WireError::new(format!("invalid option tag {b}"))),
         }
     }
 
@@ -642,14 +814,11 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let n = self.len()?;
-        visitor.visit_seq(Counted { de: self, left: n })
+        visitor.visit_seq(Counted::new(self, n, Place::Element))
     }
 
     fn deserialize_tuple<V: Visitor<'de>>(self, len: usize, visitor: V) -> Result<V::Value> {
-        visitor.visit_seq(Counted {
-            de: self,
-            left: len,
-        })
+        visitor.visit_seq(Counted::new(self, len, Place::Element))
     }
 
     fn deserialize_tuple_struct<V: Visitor<'de>>(
@@ -663,25 +832,36 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
         let n = self.len()?;
-        visitor.visit_map(Counted { de: self, left: n })
+        visitor.visit_map(Counted::new(self, n, Place::Entry))
     }
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        _: &'static str,
+        name: &'static str,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        self.deserialize_tuple(fields.len(), visitor)
+        visitor.visit_seq(Counted::new(self, fields.len(), Place::Field(name, fields)))
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
         self,
-        _: &'static str,
-        _: &'static [&'static str],
+        name: &'static str,
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        visitor.visit_enum(self)
+        let before = self.input;
+        visitor.visit_enum(&mut *self).map_err(|e| {
+            e.within(|| {
+                let index = before
+                    .first_chunk::<4>()
+                    .map(|b| u32::from_le_bytes(*b) as usize);
+                match index.and_then(|i| variants.get(i)) {
+                    Some(v) => format!("variant `{name}::{v}`"),
+                    None => format!("enum `{name}`"),
+                }
+            })
+        })
     }
 
     fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
@@ -689,9 +869,44 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value> {
-        Err(WireError(
-            "the pool's format cannot skip values (`deserialize_ignored_any`)".into(),
-        ))
+        Err(WireError::new(format!(
+            "a value to be skipped (a field the receiving type does not know, say) cannot be \
+             skipped by this compact format: {USE_DYNAMIC}"
+        )))
+    }
+}
+
+/// What the elements of a [`Counted`] are, for the path in errors.
+#[derive(Clone, Copy)]
+pub(crate) enum Place {
+    Element,
+    Entry,
+    /// The fields of a struct (or a struct variant): its name and the fields' names.
+    Field(&'static str, &'static [&'static str]),
+}
+
+impl Place {
+    /// The path segment of the element at `index`.
+    #[cold]
+    pub(crate) fn name(self, index: usize) -> String {
+        match self {
+            Place::Element => format!("element {index}"),
+            Place::Entry => format!("map entry {index}"),
+            Place::Field(name, fields) => match (fields.get(index), name.is_empty()) {
+                (Some(field), true) => format!("field `{field}`"),
+                (Some(field), false) => format!("field `{field}` of `{name}`"),
+                (None, _) => format!("field {index}"),
+            },
+        }
+    }
+}
+
+/// Shows what a visitor expected ("struct Event", "a sequence"...).
+pub(crate) struct Expecting<'a, V>(pub(crate) &'a V);
+
+impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
     }
 }
 
@@ -699,6 +914,20 @@ impl<'de> de::Deserializer<'de> for &mut De<'de> {
 struct Counted<'a, 'de> {
     de: &'a mut De<'de>,
     left: usize,
+    next: usize,
+    place: Place,
+}
+
+impl<'a, 'de> Counted<'a, 'de> {
+    #[inline]
+    fn new(de: &'a mut De<'de>, left: usize, place: Place) -> Self {
+        Counted {
+            de,
+            left,
+            next: 0,
+            place,
+        }
+    }
 }
 
 impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
@@ -710,7 +939,12 @@ impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        let index = self.next;
+        self.next += 1;
+        match seed.deserialize(&mut *self.de) {
+            Ok(v) => Ok(Some(v)),
+            Err(e) => Err(e.within(|| self.place.name(index))),
+        }
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -728,11 +962,17 @@ impl<'de> de::MapAccess<'de> for Counted<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        self.next += 1;
+        let index = self.next - 1;
+        seed.deserialize(&mut *self.de)
+            .map(Some)
+            .map_err(|e| e.within(|| format!("the key of {}", self.place.name(index))))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
+        let index = self.next.saturating_sub(1);
         seed.deserialize(&mut *self.de)
+            .map_err(|e| e.within(|| format!("the value of {}", self.place.name(index))))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -771,7 +1011,7 @@ impl<'de> de::VariantAccess<'de> for &mut De<'de> {
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value> {
-        de::Deserializer::deserialize_tuple(self, fields.len(), visitor)
+        visitor.visit_seq(Counted::new(self, fields.len(), Place::Field("", fields)))
     }
 }
 
