@@ -5,9 +5,25 @@
 use std::time::{Duration, Instant};
 
 use multiprocess::{
-    Barrier, Connection, Lock, Pipe, Pool, Process, Queue, Run, StartMethod, Value,
+    Barrier, Connection, Dynamic, Lock, Pipe, Pool, Process, Queue, Run, StartMethod, Value,
 };
 use serde::{Deserialize, Serialize};
+
+/// An internally tagged enum: serde asks the bytes for its tag, so it crosses in a `Dynamic`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+enum Event {
+    Started { pid: i32 },
+    Stopped { pid: i32, code: i32 },
+}
+
+/// Answers an event with another one.
+fn stop_event(event: Dynamic<Event>) -> Dynamic<Event> {
+    match event.into_inner() {
+        Event::Started { pid } => Dynamic(Event::Stopped { pid, code: 0 }),
+        other => Dynamic(other),
+    }
+}
 
 /// A target: "the function itself", taking its arguments as one value.
 fn greet((who, times): (String, u32)) -> String {
@@ -125,7 +141,7 @@ fn section(title: &str) {
     println!("\n== {title}");
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), multiprocess::Error> {
     multiprocess::init();
 
     section("Multiprocess programming");
@@ -388,6 +404,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut arrivals = [barrier.wait()?, a.join_result()?, b.join_result()?];
     arrivals.sort();
     println!("  three processes met at a Barrier; arrival indices {arrivals:?}");
+
+    section("Values: what pickle carries, serde carries");
+    let (a, b) = Pipe::new()?;
+    a.send(&Event::Started { pid: 42 })?;
+    match b.recv::<Event>() {
+        Err(e) => println!("  a #[serde(tag = \"kind\")] enum, sent plainly -> {e}"),
+        Ok(v) => println!("  unexpected: {v:?}"),
+    }
+    let mut p = Process::new(stop_event, Dynamic(Event::Started { pid: 42 }));
+    p.start()?;
+    println!(
+        "  wrapped in Dynamic, to a child and back -> {:?}",
+        p.join_result()?.into_inner()
+    );
 
     println!("\ntour complete");
     Ok(())

@@ -137,9 +137,89 @@ impl<T> std::ops::DerefMut for Dynamic<T> {
 
 impl<T: Serialize> Serialize for Dynamic<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        // A zero-sized value has no address of its own; its encoding is a few bytes anyway.
+        let key = (std::mem::size_of::<T>() != 0)
+            .then(|| (&self.0 as *const T as usize, std::any::type_name::<T>()));
+        if let Some(bytes) = key.and_then(take_kept) {
+            return serializer.serialize_bytes(&bytes);
+        }
         let bytes = to_vec(&self.0).map_err(ser::Error::custom)?;
-        serializer.serialize_bytes(&bytes)
+        let r = serializer.serialize_bytes(&bytes);
+        if let Some(key) = key {
+            keep(key, bytes);
+        }
+        r
     }
+}
+
+/// Where a value is and its type: within one encoding (the value is borrowed for all of it),
+/// the same key is the same value.
+type Key = (usize, &'static str);
+
+/// The encodings of `Dynamic` values made by the counting pass of one
+/// [`encode_into_vec`](super::encode_into_vec), for its writing pass: the nested encoding is
+/// made once, not twice.
+struct Kept {
+    writing: bool,
+    entries: Vec<(Key, Vec<u8>)>,
+}
+
+thread_local! {
+    static KEPT: std::cell::RefCell<Option<Kept>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While alive, `Dynamic` encodings are kept between the two passes; `None` when an
+/// encoding of this thread already keeps them (a nested one shares its store).
+pub(crate) struct KeepEncodings(());
+
+impl KeepEncodings {
+    /// The counting pass is over: from now on, kept encodings are used.
+    pub(crate) fn now_writing(&self) {
+        KEPT.with(|k| {
+            if let Some(k) = k.borrow_mut().as_mut() {
+                k.writing = true;
+            }
+        });
+    }
+}
+
+impl Drop for KeepEncodings {
+    fn drop(&mut self) {
+        KEPT.with(|k| *k.borrow_mut() = None);
+    }
+}
+
+pub(crate) fn keep_encodings() -> Option<KeepEncodings> {
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.is_some() {
+            return None;
+        }
+        *k = Some(Kept {
+            writing: false,
+            entries: Vec::new(),
+        });
+        Some(KeepEncodings(()))
+    })
+}
+
+fn keep(key: Key, bytes: Vec<u8>) {
+    KEPT.with(|k| {
+        if let Some(k) = k.borrow_mut().as_mut() {
+            if !k.writing {
+                k.entries.push((key, bytes));
+            }
+        }
+    });
+}
+
+fn take_kept(key: Key) -> Option<Vec<u8>> {
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        let k = k.as_mut().filter(|k| k.writing)?;
+        let at = k.entries.iter().position(|(e, _)| *e == key)?;
+        Some(k.entries.remove(at).1)
+    })
 }
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Dynamic<T> {
@@ -681,7 +761,21 @@ struct Items<'a, 'de> {
     de: &'a mut DDe<'de>,
     left: usize,
     next: usize,
-    key: Option<&'de str>,
+    key: Option<&'de [u8]>,
+}
+
+/// The string at the start of `input`, when there is one (a map key, for errors).
+#[cold]
+fn key_name(input: &[u8]) -> Option<&str> {
+    let (&tag, rest) = input.split_first()?;
+    if tag != STR {
+        return None;
+    }
+    let mut probe = DDe {
+        input: rest,
+        depth: 0,
+    };
+    probe.str().ok()
 }
 
 impl<'de> de::SeqAccess<'de> for Items<'_, 'de> {
@@ -714,16 +808,8 @@ impl<'de> de::MapAccess<'de> for Items<'_, 'de> {
         self.left -= 1;
         self.next += 1;
         let index = self.next - 1;
-        // Remembers a string key (a struct's field name), to name the field in errors.
-        self.key = if self.de.peek()? == STR {
-            let mut probe = DDe {
-                input: &self.de.input[1..],
-                depth: self.de.depth,
-            };
-            probe.str().ok()
-        } else {
-            None
-        };
+        // Where the key starts: a string key (a struct's field name) names the field in errors.
+        self.key = Some(self.de.input);
         seed.deserialize(&mut *self.de)
             .map(Some)
             .map_err(|e| e.within(|| format!("the key of entry {index}")))
@@ -733,7 +819,7 @@ impl<'de> de::MapAccess<'de> for Items<'_, 'de> {
         let index = self.next.saturating_sub(1);
         let key = self.key.take();
         seed.deserialize(&mut *self.de).map_err(|e| {
-            e.within(|| match key {
+            e.within(|| match key.and_then(key_name) {
                 Some(k) => format!("field `{k}`"),
                 None => format!("the value of entry {index}"),
             })

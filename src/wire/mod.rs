@@ -217,7 +217,12 @@ pub(crate) fn encode_into_vec<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<Vec<RawFd>> {
+    // `Dynamic` values encoded by the counting pass are kept for the writing pass.
+    let kept = dynamic::keep_encodings();
     let (len, _) = measure(value)?;
+    if let Some(k) = &kept {
+        k.now_writing();
+    }
     let start = out.len();
     out.resize(start + len, 0);
     match encode_into_slice(value, &mut out[start..]) {
@@ -395,10 +400,14 @@ impl<'a, O: Out> ser::Serializer for &'a mut Ser<O> {
             None => {
                 let at = self.out.pos();
                 self.len(0)?;
-                Some((at, 0))
+                Some(at)
             }
         };
-        Ok(Many { ser: self, unknown })
+        Ok(Many {
+            ser: self,
+            unknown,
+            n: 0,
+        })
     }
     fn serialize_tuple(self, _: usize) -> Result<Self> {
         Ok(self)
@@ -439,21 +448,21 @@ impl<'a, O: Out> ser::Serializer for &'a mut Ser<O> {
 /// count into the place kept for it at the end.
 pub(crate) struct Many<'a, O> {
     ser: &'a mut Ser<O>,
-    /// Where the length goes, and the elements (or entries) so far.
-    unknown: Option<(usize, u64)>,
+    /// Where the length goes when it was not known up front.
+    unknown: Option<usize>,
+    /// The elements (or entries) so far (counted always: an add is cheaper than a branch).
+    n: u64,
 }
 
 impl<O: Out> Many<'_, O> {
     #[inline]
     fn one_more(&mut self) {
-        if let Some((_, n)) = &mut self.unknown {
-            *n += 1;
-        }
+        self.n = self.n.wrapping_add(1);
     }
 
     fn finish(self) -> Result<()> {
         match self.unknown {
-            Some((at, n)) => self.ser.out.patch(at, n.to_le_bytes()),
+            Some(at) => self.ser.out.patch(at, self.n.to_le_bytes()),
             None => Ok(()),
         }
     }
@@ -914,7 +923,7 @@ impl<'de, V: Visitor<'de>> fmt::Display for Expecting<'_, V> {
 struct Counted<'a, 'de> {
     de: &'a mut De<'de>,
     left: usize,
-    next: usize,
+    total: usize,
     place: Place,
 }
 
@@ -924,9 +933,16 @@ impl<'a, 'de> Counted<'a, 'de> {
         Counted {
             de,
             left,
-            next: 0,
+            total: left,
             place,
         }
+    }
+
+    /// The index of the element just taken (`left` was decremented for it): computed only
+    /// when an error needs it, so the loop pays nothing.
+    #[cold]
+    fn taken_index(&self) -> usize {
+        self.total - self.left - 1
     }
 }
 
@@ -939,11 +955,9 @@ impl<'de> de::SeqAccess<'de> for Counted<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        let index = self.next;
-        self.next += 1;
         match seed.deserialize(&mut *self.de) {
             Ok(v) => Ok(Some(v)),
-            Err(e) => Err(e.within(|| self.place.name(index))),
+            Err(e) => Err(e.within(|| self.place.name(self.taken_index()))),
         }
     }
 
@@ -962,17 +976,15 @@ impl<'de> de::MapAccess<'de> for Counted<'_, 'de> {
             return Ok(None);
         }
         self.left -= 1;
-        self.next += 1;
-        let index = self.next - 1;
         seed.deserialize(&mut *self.de)
             .map(Some)
-            .map_err(|e| e.within(|| format!("the key of {}", self.place.name(index))))
+            .map_err(|e| e.within(|| format!("the key of {}", self.place.name(self.taken_index()))))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
-        let index = self.next.saturating_sub(1);
-        seed.deserialize(&mut *self.de)
-            .map_err(|e| e.within(|| format!("the value of {}", self.place.name(index))))
+        seed.deserialize(&mut *self.de).map_err(|e| {
+            e.within(|| format!("the value of {}", self.place.name(self.taken_index())))
+        })
     }
 
     fn size_hint(&self) -> Option<usize> {
