@@ -242,3 +242,8 @@ pub use wire::Dynamic;
 /// }
 /// ```
 pub use multiprocess_macros::main;
+
+/// The README's examples, compiled and run as doctests, so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
