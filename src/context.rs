@@ -162,6 +162,9 @@ fn divert() {
         let value = value.to_string_lossy().into_owned();
         run_bootstrap(&value);
     }
+    // Not a child of ours: under an MPI launcher, a worker rank serves the cluster pool here.
+    #[cfg(feature = "mpi")]
+    crate::pool::divert_world();
     DIVERTS.store(true, Ordering::Release);
 }
 

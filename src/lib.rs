@@ -63,6 +63,11 @@
 //!   `Vec<u8>`); with a borrowed one the compiler says that "implementation of `Deserialize` is
 //!   not general enough".
 //!
+//! ## On a cluster
+//! With the `mpi` feature, `Pool::builder().mpi()` is a pool whose workers are the other ranks
+//! of the MPI job the program runs in (`mpirun -n N ./program`): the same verbs and errors,
+//! on as many machines as the job has. See the README, "Running on a cluster".
+//!
 //! ## Process
 //! [`Process::new`]`(target, args)` or [`Process::builder`] (name, daemon, start method);
 //! [`start`](Process::start), [`join`](Process::join), [`join_timeout`](Process::join_timeout),

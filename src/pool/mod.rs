@@ -48,9 +48,18 @@
 
 mod arena;
 mod error;
+#[cfg(feature = "mpi")]
+mod mpi;
 mod result;
 mod supervisor;
 mod worker;
+
+/// Called by the crate's constructor: under an MPI launcher, sets up MPI, and a worker rank
+/// serves as a cluster-pool worker instead of running `main`.
+#[cfg(feature = "mpi")]
+pub(crate) fn divert_world() {
+    mpi::divert_world();
+}
 
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
@@ -140,6 +149,8 @@ pub struct Builder {
     method: Option<StartMethod>,
     maxtasks: Option<u64>,
     init: Option<Result<InitSpec, PoolError>>,
+    #[cfg(feature = "mpi")]
+    mpi: bool,
     /// Tests only: see `supervisor::Config::pause_before_deciding`.
     #[cfg(test)]
     pause_before_deciding: std::time::Duration,
@@ -157,6 +168,21 @@ impl std::fmt::Debug for Builder {
 }
 
 impl Builder {
+    /// A cluster pool: the workers are the other ranks of the MPI job this program runs in
+    /// (`mpirun -n N ./program`: rank 0 runs `main`, ranks 1..N serve), on any number of
+    /// machines. The same `Pool`, verbs, chunking and errors as a local pool; the number of
+    /// processes is the number of worker ranks. Needs the `mpi` cargo feature.
+    ///
+    /// # Errors (at [`build`](Self::build))
+    /// Outside an MPI launcher, or with no worker rank; a worker rank running another build
+    /// (the error names its rank and host); `maxtasksperchild` (a rank cannot be replaced);
+    /// another cluster pool still running in this process.
+    #[cfg(feature = "mpi")]
+    pub fn mpi(mut self) -> Self {
+        self.mpi = true;
+        self
+    }
+
     /// The number of worker processes (default: [`cpu_count`](crate::cpu_count)).
     pub fn processes(mut self, n: usize) -> Self {
         self.processes = Some(n);
@@ -215,6 +241,20 @@ impl Builder {
     /// initializer failed ([`PoolError::is_initializer_failure`]): then every worker started
     /// has been stopped, and no more than `processes` were started.
     pub fn build(self) -> Result<Pool, PoolError> {
+        #[cfg(feature = "mpi")]
+        let processes = if self.mpi {
+            if self.maxtasks.is_some() {
+                return Err(PoolError::new(Kind::Invalid(
+                    "maxtasksperchild is not available on a cluster pool: an MPI rank cannot be \
+                     replaced"
+                        .into(),
+                )));
+            }
+            mpi::world_workers()?
+        } else {
+            self.processes.unwrap_or_else(crate::cpu_count)
+        };
+        #[cfg(not(feature = "mpi"))]
         let processes = self.processes.unwrap_or_else(crate::cpu_count);
         if processes == 0 {
             return Err(PoolError::new(Kind::Invalid(
@@ -236,13 +276,21 @@ impl Builder {
             method: self.method,
             maxtasks: self.maxtasks,
             init,
+            #[cfg(feature = "mpi")]
+            mpi: self.mpi,
             #[cfg(test)]
             pause_before_deciding: self.pause_before_deciding,
         };
         let for_handler = Arc::clone(&shared);
         let handler = std::thread::Builder::new()
             .name("multiprocess-pool".into())
-            .spawn(move || supervisor::run(for_handler, config, wake_rx))
+            .spawn(move || {
+                #[cfg(feature = "mpi")]
+                if config.mpi {
+                    return mpi::run(for_handler, config, wake_rx);
+                }
+                supervisor::run(for_handler, config, wake_rx)
+            })
             .map_err(|e| PoolError::new(Kind::Start(e.to_string())))?;
         let broken = {
             let mut st = shared.lock();
@@ -306,6 +354,8 @@ impl Pool {
             method: None,
             maxtasks: None,
             init: None,
+            #[cfg(feature = "mpi")]
+            mpi: false,
             #[cfg(test)]
             pause_before_deciding: std::time::Duration::ZERO,
         }

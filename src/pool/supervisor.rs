@@ -96,7 +96,7 @@ pub(crate) struct Unit {
 
 impl Unit {
     /// Fails this unit's items (an initializer unit has no caller to tell).
-    fn fail(self, err: PoolError) {
+    pub(crate) fn fail(self, err: PoolError) {
         if let UnitKind::Task(sink) = self.kind {
             sink.fail(self.start, self.count, err);
         }
@@ -117,6 +117,9 @@ pub(crate) struct Config {
     pub(crate) method: Option<StartMethod>,
     pub(crate) maxtasks: Option<u64>,
     pub(crate) init: Option<InitSpec>,
+    /// Workers are the MPI ranks of the job (`Builder::mpi`), not local processes.
+    #[cfg(feature = "mpi")]
+    pub(crate) mpi: bool,
     /// Tests only: how long the result handler pauses before each decision, so that a `close`
     /// lands while it is between steps.
     #[cfg(test)]
@@ -176,6 +179,97 @@ impl Shared {
 
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Breaks the pool with `err` (the first reason stays).
+    #[cfg(feature = "mpi")]
+    pub(crate) fn break_with(&self, err: PoolError) {
+        let mut st = self.lock();
+        if st.broken.is_none() {
+            st.broken = Some(err);
+        }
+        drop(st);
+        self.cv.notify_all();
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(crate) fn set_pids(&self, pids: Vec<i32>) {
+        self.lock().pids = pids;
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(crate) fn set_ready(&self) {
+        let mut st = self.lock();
+        if !st.ready {
+            st.ready = true;
+            st.started = st.pids.len();
+            drop(st);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Terminated or broken: stop at once.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn terminating(&self) -> bool {
+        let st = self.lock();
+        st.terminating || st.broken.is_some()
+    }
+
+    /// Closed, no `imap` feeding, nothing queued: the handler may end once idle.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn done_when_idle(&self) -> bool {
+        let st = self.lock();
+        st.closed && st.feeders == 0 && st.queue.is_empty()
+    }
+
+    /// Takes up to `max_units` queued units (at least one when any is queued), stopping at
+    /// `max_bytes`; fewer when the queue is shallow, so every rank gets a share.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn take_batch(&self, max_units: usize, max_bytes: usize, ranks: usize) -> Vec<Unit> {
+        let mut st = self.lock();
+        let k = (st.queue.len() / (2 * ranks.max(1))).clamp(1, max_units);
+        let mut units = Vec::new();
+        let mut bytes = 0;
+        while units.len() < k {
+            let Some(u) = st.queue.front() else { break };
+            if !units.is_empty() && bytes + u.len > max_bytes {
+                break;
+            }
+            bytes += u.len;
+            if let Some(u) = st.queue.pop_front() {
+                units.push(u);
+            }
+        }
+        units
+    }
+
+    /// Fails everything still queued, with the pool's error (broken, terminated or closed);
+    /// returns that error.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn fail_pending(&self) -> PoolError {
+        let (err, pending) = {
+            let mut st = self.lock();
+            let err = match &st.broken {
+                Some(e) => e.clone(),
+                None if st.terminating => PoolError::new(Kind::Terminated),
+                None => PoolError::new(Kind::Closed),
+            };
+            (err, st.queue.drain(..).collect::<Vec<_>>())
+        };
+        for u in pending {
+            u.fail(err.clone());
+        }
+        err
+    }
+
+    /// The handler has ended.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn finish(&self) {
+        let mut st = self.lock();
+        st.finished = true;
+        st.pids.clear();
+        drop(st);
+        self.cv.notify_all();
     }
 
     fn wake_if(&self, sleeping: bool) {

@@ -1,0 +1,155 @@
+//! The cluster pool under a real `mpirun -n 3 --oversubscribe` (rank 0 and two worker ranks),
+//! every step bounded in time. Runs with `--features mpi`; without `mpirun` on the machine it
+//! says so and passes.
+#![cfg(feature = "mpi")]
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_mp-mpi-helper");
+
+fn have_mpirun() -> bool {
+    let ok = Command::new("mpirun")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("mpirun not found: the MPI tests are skipped (install with .ci/install-mpi)");
+    }
+    ok
+}
+
+fn mpirun(scenario: &str) -> std::process::Child {
+    Command::new("timeout")
+        .args([
+            "--kill-after=5",
+            "60",
+            "mpirun",
+            "-n",
+            "3",
+            "--oversubscribe",
+        ])
+        .arg(HELPER)
+        .arg(scenario)
+        // As root in a container, on loopback only (the facts of the issue).
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .env("OMPI_MCA_btl_tcp_if_include", "lo")
+        .env("OMPI_MCA_oob_tcp_if_include", "lo")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mpirun")
+}
+
+fn run(scenario: &str) -> (Output, String) {
+    let out = mpirun(scenario).wait_with_output().expect("mpirun");
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+#[test]
+fn every_verb_on_worker_ranks_and_a_clean_exit() {
+    if !have_mpirun() {
+        return;
+    }
+    let (out, text) = run("verbs");
+    assert!(out.status.success(), "{text}");
+    for line in [
+        "processes 2",
+        "map ok 332833500",
+        "apply ok",
+        "starmap ok",
+        "async ok",
+        "imap ok",
+        "ran on 2 worker ranks",
+        "verbs done",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_panic_in_a_task_is_that_tasks_error() {
+    if !have_mpirun() {
+        return;
+    }
+    let (out, text) = run("panic");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("panic -> item 3: task panicked"), "{text}");
+    assert!(text.contains("three is not allowed"), "{text}");
+    assert!(text.contains("pool goes on"), "{text}");
+}
+
+#[test]
+fn a_failing_initializer_is_a_pool_error_naming_the_rank() {
+    if !have_mpirun() {
+        return;
+    }
+    let (out, text) = run("init-fails");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("initializer ->"), "{text}");
+    assert!(text.contains("the initializer refuses"), "{text}");
+    assert!(text.contains("on rank "), "{text}");
+}
+
+#[test]
+fn what_cannot_cross_hosts_is_refused() {
+    if !have_mpirun() {
+        return;
+    }
+    let (out, text) = run("handle");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cannot cross to another host"), "{text}");
+    let (out, text) = run("maxtasks");
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("maxtasksperchild is not available"), "{text}");
+}
+
+#[test]
+fn a_killed_worker_rank_ends_the_job_naming_the_rank() {
+    if !have_mpirun() {
+        return;
+    }
+    let mut child = mpirun("slow");
+    // The helper prints the worker pids first.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let start = Instant::now();
+    let pid = loop {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap_or(0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let Some(p) = seen
+            .split("pids [")
+            .nth(1)
+            .and_then(|r| r.split([',', ']']).next())
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            break p;
+        }
+        assert!(n > 0 && start.elapsed() < Duration::from_secs(30), "{seen}");
+    };
+    // SAFETY: a plain kill(2) of a process this test started (through mpirun).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let killed = Instant::now();
+    let out = child.wait_with_output().expect("mpirun");
+    let took = killed.elapsed();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        took < Duration::from_secs(10),
+        "the job took {took:?} to end"
+    );
+    assert!(
+        text.contains("rank 1") && text.contains("signal 9"),
+        "{text}"
+    );
+}
