@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_mp-mpi-helper");
+const OTHER: &str = env!("CARGO_BIN_EXE_mp-mpi-other");
 
 fn have_mpirun() -> bool {
     let ok = Command::new("mpirun")
@@ -22,17 +23,14 @@ fn have_mpirun() -> bool {
 }
 
 fn mpirun(scenario: &str) -> std::process::Child {
+    mpirun_with(&["-n", "3", "--oversubscribe", HELPER, scenario])
+}
+
+/// `mpirun` with these arguments, killed after 60 s at most.
+fn mpirun_with(args: &[&str]) -> std::process::Child {
     Command::new("timeout")
-        .args([
-            "--kill-after=5",
-            "60",
-            "mpirun",
-            "-n",
-            "3",
-            "--oversubscribe",
-        ])
-        .arg(HELPER)
-        .arg(scenario)
+        .args(["--kill-after=5", "60", "mpirun"])
+        .args(args)
         // As root in a container, on loopback only (the facts of the issue).
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -46,7 +44,11 @@ fn mpirun(scenario: &str) -> std::process::Child {
 }
 
 fn run(scenario: &str) -> (Output, String) {
-    let out = mpirun(scenario).wait_with_output().expect("mpirun");
+    output(mpirun(scenario))
+}
+
+fn output(child: std::process::Child) -> (Output, String) {
+    let out = child.wait_with_output().expect("mpirun");
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -152,4 +154,43 @@ fn a_killed_worker_rank_ends_the_job_naming_the_rank() {
         text.contains("rank 1") && text.contains("signal 9"),
         "{text}"
     );
+}
+
+#[test]
+fn a_rank_running_another_build_is_named() {
+    if !have_mpirun() {
+        return;
+    }
+    let (out, text) = output(mpirun_with(&[
+        "--oversubscribe",
+        "-n",
+        "1",
+        HELPER,
+        "mismatch",
+        ":",
+        "-n",
+        "2",
+        OTHER,
+    ]));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("mismatch -> "), "{text}");
+    assert!(text.contains("rank 1 on host"), "{text}");
+    assert!(text.contains("rank 2 on host"), "{text}");
+    assert!(text.contains("another build"), "{text}");
+    assert!(
+        !text.contains("another build's main"),
+        "a worker rank ran main:\n{text}"
+    );
+}
+
+#[test]
+fn a_panic_in_main_ends_the_job_instead_of_hanging_it() {
+    if !have_mpirun() {
+        return;
+    }
+    let start = Instant::now();
+    let (out, text) = run("main-panics");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("outside any task"), "{text}");
+    assert!(start.elapsed() < Duration::from_secs(30), "{text}");
 }

@@ -107,6 +107,16 @@ fn main() {
             let e = pool.maxtasksperchild(5).build().unwrap_err();
             println!("maxtasks -> {e}");
         }
+        "mismatch" => {
+            // Run as `mpirun -n 1 mp-mpi-helper mismatch : -n 2 mp-mpi-other`.
+            let e = pool.build().unwrap_err();
+            println!("mismatch -> {e}");
+        }
+        "main-panics" => {
+            let pool = pool.build().expect("cluster pool");
+            assert_eq!(pool.apply(square, 3).unwrap(), 9);
+            panic!("rank 0's main panics outside any task");
+        }
         "slow" => {
             // Prints the worker pids, then maps slowly: the test kills a worker rank meanwhile.
             let pool = pool.build().expect("cluster pool");
