@@ -194,3 +194,115 @@ fn a_panic_in_main_ends_the_job_instead_of_hanging_it() {
     assert!(text.contains("outside any task"), "{text}");
     assert!(start.elapsed() < Duration::from_secs(30), "{text}");
 }
+
+/// A second "host" for the two-host test: a network namespace with its own host name, joined
+/// to this one by a veth pair, and an rsh agent through which `mpirun` starts its daemon
+/// there. Removed when dropped.
+struct SecondHost {
+    netns: String,
+    veth: String,
+    agent: std::path::PathBuf,
+}
+
+impl SecondHost {
+    fn new() -> Result<SecondHost, String> {
+        let id = std::process::id() % 100_000;
+        let host = SecondHost {
+            netns: format!("mph{id}"),
+            veth: format!("mpv{id}"),
+            agent: std::env::temp_dir().join(format!("mp-rsh-agent-{id}.sh")),
+        };
+        let peer = format!("{}p", host.veth);
+        let ip = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        ip(&["netns", "add", &host.netns])?;
+        ip(&[
+            "link", "add", &host.veth, "type", "veth", "peer", "name", &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &host.netns])?;
+        ip(&["addr", "add", "10.77.0.1/24", "dev", &host.veth])?;
+        ip(&["link", "set", &host.veth, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &host.netns, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["addr", "add", "10.77.0.2/24", "dev", &peer])?;
+        inside(&["link", "set", &peer, "up"])?;
+        inside(&["link", "set", "lo", "up"])?;
+        // ssh's interface: the host, then the command line as one string.
+        let script = format!(
+            "#!/bin/sh\nshift\nexec ip netns exec {} unshare --uts sh -c \"hostname {} && exec $*\"\n",
+            host.netns, host.netns
+        );
+        std::fs::write(&host.agent, script).map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&host.agent, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        Ok(host)
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+        let _ = std::fs::remove_file(&self.agent);
+    }
+}
+
+#[test]
+fn two_hosts_over_tcp() {
+    if !have_mpirun() {
+        return;
+    }
+    let host = match SecondHost::new() {
+        Ok(h) => h,
+        Err(why) => {
+            eprintln!("cannot make a second host here ({why}): the two-host test is skipped");
+            return;
+        }
+    };
+    let agent = host.agent.display().to_string();
+    let child = Command::new("timeout")
+        .args(["--kill-after=5", "60", "mpirun", "--oversubscribe"])
+        .args(["-mca", "plm_rsh_agent", &agent])
+        .args(["--host", "10.77.0.1:2,10.77.0.2:1", "-n", "3"])
+        .arg(HELPER)
+        .arg("hosts")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // Between the hosts, TCP over the veth pair only.
+        .env("OMPI_MCA_btl_tcp_if_include", "10.77.0.0/24")
+        .env("OMPI_MCA_oob_tcp_if_include", "10.77.0.0/24")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mpirun");
+    let (out, text) = output(child);
+    drop(host);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("workers in another namespace: true"),
+        "{text}"
+    );
+    assert!(text.contains("map over hosts ok 100000"), "{text}");
+}

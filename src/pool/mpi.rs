@@ -124,6 +124,78 @@ extern "C" fn stop_workers_c() {
     });
 }
 
+/// A send in progress, owning its bytes until MPI is done with them. Every send of a batch or
+/// an answer is non-blocking: a blocking one could wait forever for a peer that is itself
+/// blocked sending to us (two large messages crossing, each waiting for the other's receive).
+struct Sending {
+    request: mpi::ffi::MPI_Request,
+    /// Read by MPI through the pointer given to `MPI_Isend`; a `Vec`'s heap buffer does not
+    /// move when the `Vec` does.
+    _bytes: Vec<u8>,
+}
+
+// SAFETY: the request is an opaque handle MPI lets any thread use (MPI_THREAD_MULTIPLE), and
+// the bytes are owned.
+unsafe impl Send for Sending {}
+
+impl Sending {
+    /// Starts sending `bytes` to `rank` with `tag`.
+    fn start(rank: i32, tag: i32, bytes: Vec<u8>) -> Result<Sending, String> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| format!("a message of {} bytes is too large for MPI", bytes.len()))?;
+        // SAFETY: a zeroed `MPI_Request` is overwritten by `MPI_Isend` before any use.
+        let mut request: mpi::ffi::MPI_Request = unsafe { std::mem::zeroed() };
+        // SAFETY: the buffer is `len` valid bytes owned by the returned value until the
+        // request completes (`done`/`wait`), and the communicator and datatype are MPI's own.
+        let rc = unsafe {
+            mpi::ffi::MPI_Isend(
+                bytes.as_ptr().cast(),
+                len,
+                mpi::ffi::RSMPI_UINT8_T,
+                rank,
+                tag,
+                mpi::ffi::RSMPI_COMM_WORLD,
+                &mut request,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("MPI_Isend to rank {rank} failed ({rc})"));
+        }
+        Ok(Sending {
+            request,
+            _bytes: bytes,
+        })
+    }
+
+    /// Whether the send has completed (its bytes may then be dropped).
+    fn done(&mut self) -> bool {
+        let mut flag = 0;
+        // SAFETY: `request` came from `MPI_Isend` and is tested until it completes.
+        unsafe { mpi::ffi::MPI_Test(&mut self.request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
+        flag != 0
+    }
+
+    /// Waits for the send to complete.
+    fn wait(self) {
+        drop(self);
+    }
+}
+
+/// The bytes are freed only after MPI is done with them: dropping waits for the send (a peer
+/// always receives in the end: it is computing, or blocked receiving; a dead one ends the job).
+impl Drop for Sending {
+    fn drop(&mut self) {
+        // SAFETY: `request` came from `MPI_Isend`; after completion it is `MPI_REQUEST_NULL`,
+        // for which `MPI_Wait` returns at once.
+        unsafe { mpi::ffi::MPI_Wait(&mut self.request, mpi::ffi::RSMPI_STATUS_IGNORE) };
+    }
+}
+
+/// Drops the sends that have completed.
+fn reap(sending: &mut Vec<Sending>) {
+    sending.retain_mut(|s| !s.done());
+}
+
 fn host() -> String {
     mpi::environment::processor_name().unwrap_or_else(|_| "?".into())
 }
@@ -146,8 +218,9 @@ fn serve(world: &SimpleCommunicator) -> ! {
     let master = world.process_at_rank(0);
     let mine = build_id();
     let mut verified = false;
-    let mut out = Vec::new();
+    let mut sending: Vec<Sending> = Vec::new();
     loop {
+        reap(&mut sending);
         let (msg, status) = master.receive_vec::<u8>();
         match status.tag() {
             CHECK => {
@@ -162,14 +235,20 @@ fn serve(world: &SimpleCommunicator) -> ! {
                 master.send_with_tag(&hello[..], HELLO);
             }
             WORK if verified => {
-                out.clear();
+                let mut out = Vec::new();
                 if let Err(why) = run_batch(&msg, &mut out) {
                     abort(world, &why);
                 }
-                master.send_with_tag(&out[..], DONE);
+                match Sending::start(0, DONE, out) {
+                    Ok(s) => sending.push(s),
+                    Err(why) => abort(world, &why),
+                }
             }
             WORK => abort(world, "work from a master running another build"),
             STOP => {
+                for s in sending.drain(..) {
+                    s.wait();
+                }
                 // SAFETY: MPI was initialized in this process and is finalized once, here.
                 unsafe { mpi::ffi::MPI_Finalize() };
                 crate::sys::process::exit_now(0)
@@ -268,6 +347,7 @@ fn serve_pool(
     ranks: &mut Vec<Rank>,
 ) -> Result<(), PoolError> {
     *ranks = hello(world)?;
+    let mut sending: Vec<Sending> = Vec::new();
     shared.set_pids(ranks.iter().map(|r| r.pid).collect());
     // The initializer, on every worker rank, before any task.
     if let Some(init) = &config.init {
@@ -289,7 +369,7 @@ fn serve_pool(
                 start: 0,
                 count: 1,
             };
-            send_batch(world, shared, r, vec![unit])?;
+            send_batch(shared, r, vec![unit], &mut sending)?;
         }
     } else {
         for r in ranks.iter_mut() {
@@ -299,6 +379,7 @@ fn serve_pool(
     }
     let mut idle_since = Instant::now();
     loop {
+        reap(&mut sending);
         // Answers first: they free room for more batches.
         let mut got = false;
         while let Some(probed) = world.any_process().immediate_matched_probe_with_tag(DONE) {
@@ -327,7 +408,7 @@ fn serve_pool(
             if units.is_empty() {
                 break;
             }
-            send_batch(world, shared, r, units)?;
+            send_batch(shared, r, units, &mut sending)?;
             sent = true;
         }
         let outstanding: usize = ranks.iter().map(|r| r.batches.len()).sum();
@@ -388,7 +469,7 @@ fn hello(world: &SimpleCommunicator) -> Result<Vec<Rank>, PoolError> {
             .map_or(0, i32::from_le_bytes);
         let host = String::from_utf8_lossy(msg.get(12..).unwrap_or_default()).into_owned();
         if id != Some(mine) {
-            wrong.push(format!("rank {rank} on host {host}"));
+            wrong.push((rank, host.clone()));
         }
         ranks.push(Rank {
             rank,
@@ -399,10 +480,16 @@ fn hello(world: &SimpleCommunicator) -> Result<Vec<Rank>, PoolError> {
         });
     }
     if !wrong.is_empty() {
+        wrong.sort();
+        let who: Vec<String> = wrong
+            .iter()
+            .map(|(rank, host)| format!("rank {rank} on host {host}"))
+            .collect();
         return Err(PoolError::new(Kind::Start(format!(
-            "{} runs another build of the program than rank 0 (every rank must run the same \
+            "{} {} another build of the program than rank 0 (every rank must run the same \
              executable)",
-            wrong.join(", ")
+            who.join(", "),
+            if who.len() == 1 { "runs" } else { "run" }
         ))));
     }
     ranks.sort_by_key(|r| r.rank);
@@ -410,10 +497,10 @@ fn hello(world: &SimpleCommunicator) -> Result<Vec<Rank>, PoolError> {
 }
 
 fn send_batch(
-    world: &SimpleCommunicator,
     shared: &Shared,
     r: &mut Rank,
     units: Vec<Unit>,
+    sending: &mut Vec<Sending>,
 ) -> Result<(), PoolError> {
     let id = shared.next_id();
     let mut buf = Vec::with_capacity(12 + units.iter().map(|u| 16 + u.len).sum::<usize>());
@@ -453,7 +540,16 @@ fn send_batch(
         return Ok(());
     }
     buf[8..12].copy_from_slice(&(kept.len() as u32).to_le_bytes());
-    world.process_at_rank(r.rank).send_with_tag(&buf[..], WORK);
+    match Sending::start(r.rank, WORK, buf) {
+        Ok(s) => sending.push(s),
+        Err(why) => {
+            let e = PoolError::new(Kind::Encode(why));
+            for u in kept {
+                u.fail(e.clone());
+            }
+            return Ok(());
+        }
+    }
     r.batches.push_back((id, kept));
     Ok(())
 }

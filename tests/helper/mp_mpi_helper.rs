@@ -23,6 +23,12 @@ fn boom(x: u32) -> u32 {
     x
 }
 
+fn net_namespace(_: u32) -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(std::time::Duration::from_millis(50));
     ms
@@ -116,6 +122,23 @@ fn main() {
             let pool = pool.build().expect("cluster pool");
             assert_eq!(pool.apply(square, 3).unwrap(), 9);
             panic!("rank 0's main panics outside any task");
+        }
+        "hosts" => {
+            // Which network namespace each task ran in ("hosts" of the two-host test).
+            let pool = pool.build().expect("cluster pool");
+            let spaces: std::collections::BTreeSet<String> = pool
+                .map_chunked(net_namespace, 0..32u32, 1)
+                .unwrap()
+                .into_iter()
+                .collect();
+            let here = net_namespace(0);
+            println!("rank 0 in {here}; workers in {spaces:?}");
+            println!(
+                "workers in another namespace: {}",
+                spaces.iter().any(|s| *s != here)
+            );
+            let v = pool.map(square, 0..100_000u64).unwrap();
+            println!("map over hosts ok {}", v.len());
         }
         "slow" => {
             // Prints the worker pids, then maps slowly: the test kills a worker rank meanwhile.
