@@ -23,6 +23,7 @@ mod w3_bulk;
 mod w4_queue;
 mod w5_pool;
 mod w7_sync;
+mod w8_mpi;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ const WORKLOADS: &[Workload] = &[
     w7_sync::W7B,
     w7_sync::W7C,
     w10_imap::W10,
+    w8_mpi::W8,
+    w8_mpi::W8B,
 ];
 
 /// Error type of the harness: any error, with its message.
@@ -216,6 +219,17 @@ fn main() -> ExitCode {
     }
     // Spawn/forkserver children re-execute this binary; init() diverts them.
     multiprocess::init();
+    // Rank 0 of the harness re-run under mpirun by W8/W8b (worker ranks never get here).
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(w8_mpi::RANK_ARG) {
+        return match w8_mpi::rank_main(&argv[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("W8 rank 0: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // procspawn (a W5b/W6 peer) re-executes this binary for its workers too.
     procspawn::init();
 

@@ -40,7 +40,18 @@ pub(crate) fn available() -> bool {
 
 /// Runs a `{"samples_ns": [..]}` script; returns the samples in microseconds.
 pub(crate) fn samples_us(script: &str, args: &[String]) -> Result<Vec<f64>> {
-    let out = run(script, args)?;
+    samples_us_with(&[PYTHON], &[], script, args)
+}
+
+/// As [`samples_us`], the script run by `launcher` (its first word the program, e.g.
+/// `mpirun -n 3 python3 -m mpi4py.futures`).
+pub(crate) fn samples_us_with(
+    launcher: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+    args: &[String],
+) -> Result<Vec<f64>> {
+    let out = run(launcher, env, script, args)?;
     let samples = out["samples_ns"]
         .as_array()
         .ok_or("python output has no samples_ns array")?;
@@ -53,7 +64,17 @@ pub(crate) fn samples_us(script: &str, args: &[String]) -> Result<Vec<f64>> {
 
 /// Runs a `{"bytes": N, "elapsed_ns": N}` script.
 pub(crate) fn transfer(script: &str, args: &[String]) -> Result<(u64, Duration)> {
-    let out = run(script, args)?;
+    transfer_with(&[PYTHON], &[], script, args)
+}
+
+/// As [`transfer`], the script run by `launcher`.
+pub(crate) fn transfer_with(
+    launcher: &[&str],
+    env: &[(&str, &str)],
+    script: &str,
+    args: &[String],
+) -> Result<(u64, Duration)> {
+    let out = run(launcher, env, script, args)?;
     let field = |name: &str| {
         out[name]
             .as_u64()
@@ -73,7 +94,7 @@ impl Drop for TempScript {
 
 /// Runs `script` with `args`; its stderr goes to ours, its last stdout line
 /// is parsed as JSON.
-fn run(script: &str, args: &[String]) -> Result<Value> {
+fn run(launcher: &[&str], env: &[(&str, &str)], script: &str, args: &[String]) -> Result<Value> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let file = TempScript(std::env::temp_dir().join(format!(
         "multiprocess-bench-{}-{}.py",
@@ -81,14 +102,17 @@ fn run(script: &str, args: &[String]) -> Result<Value> {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )));
     std::fs::write(&file.0, script)?;
-    let output = Command::new(PYTHON)
+    let (program, rest) = launcher.split_first().ok_or("no launcher")?;
+    let output = Command::new(program)
+        .args(rest)
+        .envs(env.iter().copied())
         .arg(&file.0)
         .args(args)
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()?;
     if !output.status.success() {
-        return Err(format!("{PYTHON} script failed: {}", output.status).into());
+        return Err(format!("{} script failed: {}", launcher.join(" "), output.status).into());
     }
     let stdout = String::from_utf8(output.stdout)?;
     let line = stdout

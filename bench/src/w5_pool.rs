@@ -47,15 +47,15 @@ pub(crate) const W6: Workload = Workload {
     systems: w6_systems,
 };
 
-const PROCESSES: usize = 2;
+pub(crate) const PROCESSES: usize = 2;
 const MIB: usize = 1 << 20;
 
-const W5_ITEMS: Counts = Counts {
+pub(crate) const W5_ITEMS: Counts = Counts {
     full: 1_000_000,
     quick: 100_000,
 };
-const W5_RUNS: Counts = Counts { full: 5, quick: 1 };
-const W5B_TASKS: Counts = Counts {
+pub(crate) const W5_RUNS: Counts = Counts { full: 5, quick: 1 };
+pub(crate) const W5B_TASKS: Counts = Counts {
     full: 10_000,
     quick: 1_000,
 };
@@ -154,7 +154,12 @@ fn w5_systems(config: Config) -> Vec<System> {
 }
 
 fn w5_ours(items: usize, runs: usize) -> Result<f64> {
-    let pool = Pool::new(PROCESSES)?;
+    w5_map(&Pool::new(PROCESSES)?, items, runs)
+}
+
+/// W5's measure on any pool: the median time of `runs` maps of `x * x` over `items` integers,
+/// after an untimed one.
+pub(crate) fn w5_map(pool: &Pool, items: usize, runs: usize) -> Result<f64> {
     let input: Vec<u64> = (0..items as u64).collect();
     let want: u64 = input.iter().fold(0u64, |a, x| a.wrapping_add(square(*x)));
     let mut samples = Vec::new();
@@ -245,7 +250,12 @@ fn w5b_systems(config: Config) -> Vec<System> {
 }
 
 fn w5b_ours(tasks: usize) -> Result<f64> {
-    let pool = Pool::new(PROCESSES)?;
+    w5b_apply(&Pool::new(PROCESSES)?, tasks)
+}
+
+/// W5b's measure on any pool: `tasks` `apply_async` then every result, tasks per second (the
+/// second of two rounds).
+pub(crate) fn w5b_apply(pool: &Pool, tasks: usize) -> Result<f64> {
     let mut elapsed = 0.0;
     for run in 0..2 {
         let start = Instant::now();

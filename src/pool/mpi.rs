@@ -419,9 +419,24 @@ fn serve_pool(
             idle_since = Instant::now();
             continue;
         }
-        // Nothing moved: spin briefly (answers come within microseconds on one machine),
-        // then sleep on the wake-up pipe in short slices (MPI has no descriptor to wait on).
-        if idle_since.elapsed() < Duration::from_micros(50) {
+        // Nothing moved. When every rank has a batch out, the next event is an answer: wait
+        // for it inside MPI (its progress engine, which yields the core when the job
+        // oversubscribes it); new work then goes out with the next batch. Otherwise (a rank
+        // idle, waiting for work), sleep on the wake-up pipe in short slices, looking for
+        // answers in between (MPI has no descriptor to wait on).
+        let all_busy = ranks.iter().all(|r| r.initialized && !r.batches.is_empty());
+        if all_busy {
+            let probed = world.any_process().matched_probe_with_tag(DONE);
+            let (bytes, status) = probed.matched_receive_vec::<u8>();
+            let from = status.source_rank();
+            if let Some(r) = ranks.iter_mut().find(|r| r.rank == from) {
+                deliver(r, &bytes)?;
+            }
+            if ranks.iter().all(|r| r.initialized) {
+                shared.set_ready();
+            }
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() < Duration::from_micros(50) {
             std::hint::spin_loop();
         } else {
             let slice = if outstanding > 0 {
