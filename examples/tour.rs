@@ -25,6 +25,79 @@ fn stop_event(event: Dynamic<Event>) -> Dynamic<Event> {
     }
 }
 
+/// The pool section: a local pool, or (`--cluster`, under `mpirun`) the same code on a
+/// cluster pool.
+fn pool_section(pool: &Pool) -> Result<(), multiprocess::Error> {
+    println!(
+        "  pool.apply(square, 7) -> {}  (blocks until done)",
+        pool.apply(square, 7)?
+    );
+    println!(
+        "  pool.map(square, 1..=10) -> {:?}  (blocks, input order)",
+        pool.map(square, 1..=10)?
+    );
+    let mut one = pool.apply_async(square, 12);
+    let mut many = pool.map_async(slow_square, 0..200);
+    println!("  apply_async and map_async returned at once; map_async's progress:");
+    while !many.wait_timeout(Duration::from_millis(40)) {
+        let (done, total) = (many.completed(), many.total());
+        println!(
+            "    [{:<20}] {done}/{total}",
+            "#".repeat(20 * done / total.max(1))
+        );
+    }
+    println!("  apply_async(square, 12).get() -> {}", one.get()?);
+    let squares = many.get()?;
+    println!(
+        "  map_async(slow_square, 0..200).get() -> {} results, last {}",
+        squares.len(),
+        squares[199]
+    );
+    let reports: Queue<String> = Queue::new(0)?;
+    match pool.map(report_to, (1..=4).map(|x| (reports.clone(), x))) {
+        Ok(squares) => {
+            let total: u64 = squares.iter().sum();
+            println!(
+                "  pool tasks used a Queue made by the parent (Python's pool processes cannot):"
+            );
+            while !reports.is_empty() {
+                println!("    {}", reports.get()?);
+            }
+            println!("  and returned squares summing to {total}");
+        }
+        // A cluster pool: a Queue lives in this machine's memory.
+        Err(e) => println!("  pool tasks given a Queue -> {e}"),
+    }
+    Ok(())
+}
+
+/// `--cluster`: the pool section on the worker ranks of an MPI job. Run it as
+/// `cargo build --example tour --features mpi` then
+/// `mpirun -n 3 --oversubscribe target/debug/examples/tour --cluster`.
+fn cluster() -> Result<(), multiprocess::Error> {
+    #[cfg(feature = "mpi")]
+    {
+        section("Pool on a cluster: the worker ranks of this MPI job");
+        let pool = Pool::builder().mpi().build()?;
+        println!(
+            "  Pool::builder().mpi(): {} worker ranks, pids {:?}",
+            pool.processes(),
+            pool.pids()
+        );
+        pool_section(&pool)?;
+        println!("\ncluster tour complete");
+        Ok(())
+    }
+    #[cfg(not(feature = "mpi"))]
+    {
+        println!(
+            "the cluster tour needs the mpi feature: cargo build --example tour --features mpi, \
+             then mpirun -n 3 --oversubscribe target/debug/examples/tour --cluster"
+        );
+        Ok(())
+    }
+}
+
 /// A target: "the function itself", taking its arguments as one value.
 fn greet((who, times): (String, u32)) -> String {
     let me = multiprocess::current_process();
@@ -143,6 +216,9 @@ fn section(title: &str) {
 
 fn main() -> Result<(), multiprocess::Error> {
     multiprocess::init();
+    if std::env::args().any(|a| a == "--cluster") {
+        return cluster();
+    }
 
     section("Multiprocess programming");
     println!(
@@ -325,41 +401,7 @@ fn main() -> Result<(), multiprocess::Error> {
     section("Pool: n processes, many tasks, results as return values");
     let pool = Pool::new(2)?;
     println!("  pool = Pool(2): worker pids {:?}", pool.pids());
-    println!(
-        "  pool.apply(square, 7) -> {}  (blocks until done)",
-        pool.apply(square, 7)?
-    );
-    println!(
-        "  pool.map(square, 1..=10) -> {:?}  (blocks, input order)",
-        pool.map(square, 1..=10)?
-    );
-    let mut one = pool.apply_async(square, 12);
-    let mut many = pool.map_async(slow_square, 0..200);
-    println!("  apply_async and map_async returned at once; map_async's progress:");
-    while !many.wait_timeout(Duration::from_millis(40)) {
-        let (done, total) = (many.completed(), many.total());
-        println!(
-            "    [{:<20}] {done}/{total}",
-            "#".repeat(20 * done / total.max(1))
-        );
-    }
-    println!("  apply_async(square, 12).get() -> {}", one.get()?);
-    let squares = many.get()?;
-    println!(
-        "  map_async(slow_square, 0..200).get() -> {} results, last {}",
-        squares.len(),
-        squares[199]
-    );
-    let reports: Queue<String> = Queue::new(0)?;
-    let total: u64 = pool
-        .map(report_to, (1..=4).map(|x| (reports.clone(), x)))?
-        .iter()
-        .sum();
-    println!("  pool tasks used a Queue made by the parent (Python's pool processes cannot):");
-    while !reports.is_empty() {
-        println!("    {}", reports.get()?);
-    }
-    println!("  and returned squares summing to {total}");
+    pool_section(&pool)?;
     drop(pool);
 
     section("Beyond the basics: locks and shared values");

@@ -109,7 +109,12 @@ fn what_cannot_cross_hosts_is_refused() {
     }
     let (out, text) = run("handle");
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("cannot cross to another host"), "{text}");
+    assert!(text.contains("handle -> "), "{text}");
+    assert!(text.contains("handle result -> "), "{text}");
+    assert!(
+        text.contains("a task result holds a local handle"),
+        "{text}"
+    );
     let (out, text) = run("maxtasks");
     assert!(out.status.success(), "{text}");
     assert!(text.contains("maxtasksperchild is not available"), "{text}");

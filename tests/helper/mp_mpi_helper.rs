@@ -40,6 +40,10 @@ fn bad_init(_: ()) {
 
 fn good_init(_: ()) {}
 
+fn makes_queue(_: u32) -> Queue<u32> {
+    Queue::new(0).unwrap()
+}
+
 fn takes_queue(q: Queue<u32>) -> u32 {
     q.put(1).map(|_| 1).unwrap_or(0)
 }
@@ -107,6 +111,9 @@ fn main() {
             let q: Queue<u32> = Queue::new(0).unwrap();
             let e = pool.apply(takes_queue, q).unwrap_err();
             println!("handle -> {e}");
+            assert!(e.to_string().contains("cannot cross to another host"));
+            let e = pool.apply(makes_queue, 1).unwrap_err();
+            println!("handle result -> {e}");
             assert!(e.to_string().contains("cannot cross to another host"));
         }
         "maxtasks" => {
