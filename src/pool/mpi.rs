@@ -444,7 +444,11 @@ fn serve_pool(
             } else {
                 Duration::from_millis(20)
             };
-            let _ = socket::poll_readable(&[std::os::fd::AsFd::as_fd(wake_rx)], Some(slice));
+            // Marked asleep, a submission, close or terminate wakes us at once.
+            if shared.mark_sleeping() {
+                let _ = socket::poll_readable(&[std::os::fd::AsFd::as_fd(wake_rx)], Some(slice));
+                shared.clear_sleeping();
+            }
             while wake_rx.poll(Duration::ZERO).unwrap_or(false) {
                 let _ = wake_rx.recv_bytes();
             }

@@ -262,6 +262,22 @@ impl Shared {
         err
     }
 
+    /// Marks the handler asleep unless there is something to do (work queued, close,
+    /// terminate), deciding and marking under one acquisition of the lock: a submission that
+    /// comes after then finds the mark and wakes the handler. Whether it was marked.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn mark_sleeping(&self) -> bool {
+        let mut st = self.lock();
+        let idle = st.queue.is_empty() && !st.closed && !st.terminating && st.broken.is_none();
+        st.sleeping = idle;
+        idle
+    }
+
+    #[cfg(feature = "mpi")]
+    pub(crate) fn clear_sleeping(&self) {
+        self.lock().sleeping = false;
+    }
+
     /// The handler has ended.
     #[cfg(feature = "mpi")]
     pub(crate) fn finish(&self) {
