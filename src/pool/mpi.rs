@@ -382,15 +382,7 @@ fn serve_pool(
         // Answers first: they free room for more batches.
         let mut got = false;
         while let Some(probed) = world.any_process().immediate_matched_probe_with_tag(DONE) {
-            let (bytes, status) = probed.matched_receive_vec::<u8>();
-            let from = status.source_rank();
-            let Some(r) = ranks.iter_mut().find(|r| r.rank == from) else {
-                continue;
-            };
-            deliver(r, &bytes)?;
-            if ranks.iter().all(|r| r.initialized) {
-                shared.set_ready();
-            }
+            answered(probed, ranks, shared)?;
             got = true;
         }
         if shared.terminating() {
@@ -425,15 +417,11 @@ fn serve_pool(
         // answers in between (MPI has no descriptor to wait on).
         let all_busy = ranks.iter().all(|r| r.initialized && !r.batches.is_empty());
         if all_busy {
-            let probed = world.any_process().matched_probe_with_tag(DONE);
-            let (bytes, status) = probed.matched_receive_vec::<u8>();
-            let from = status.source_rank();
-            if let Some(r) = ranks.iter_mut().find(|r| r.rank == from) {
-                deliver(r, &bytes)?;
-            }
-            if ranks.iter().all(|r| r.initialized) {
-                shared.set_ready();
-            }
+            answered(
+                world.any_process().matched_probe_with_tag(DONE),
+                ranks,
+                shared,
+            )?;
             idle_since = Instant::now();
         } else if idle_since.elapsed() < Duration::from_micros(50) || !sending.is_empty() {
             // A large send moves only while this process calls into MPI (its progress
@@ -459,6 +447,24 @@ fn serve_pool(
             }
         }
     }
+}
+
+/// Receives a probed `DONE`, hands its results to their callers, and marks the pool ready
+/// once every rank has run the initializer.
+fn answered(
+    probed: (mpi::point_to_point::Message, mpi::point_to_point::Status),
+    ranks: &mut [Rank],
+    shared: &Shared,
+) -> Result<(), PoolError> {
+    let (bytes, status) = probed.matched_receive_vec::<u8>();
+    let from = status.source_rank();
+    if let Some(r) = ranks.iter_mut().find(|r| r.rank == from) {
+        deliver(r, &bytes)?;
+    }
+    if ranks.iter().all(|r| r.initialized) {
+        shared.set_ready();
+    }
+    Ok(())
 }
 
 fn local_handle_error() -> PoolError {

@@ -548,34 +548,31 @@ impl<O: Out> Fields<'_, O> {
     }
 }
 
-impl<O: Out> ser::SerializeStruct for Fields<'_, O> {
-    type Ok = ();
-    type Error = WireError;
-    #[inline]
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut *self.ser)
-    }
-    fn skip_field(&mut self, field: &'static str) -> Result<()> {
-        Err(self.skipped(field))
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
+/// Structs and struct variants: fields by position; a skipped one is refused.
+macro_rules! by_position {
+    ($($trait:ident),*) => {$(
+        impl<O: Out> ser::$trait for Fields<'_, O> {
+            type Ok = ();
+            type Error = WireError;
+            #[inline]
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _: &'static str,
+                value: &T,
+            ) -> Result<()> {
+                value.serialize(&mut *self.ser)
+            }
+            fn skip_field(&mut self, field: &'static str) -> Result<()> {
+                Err(self.skipped(field))
+            }
+            fn end(self) -> Result<()> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl<O: Out> ser::SerializeStructVariant for Fields<'_, O> {
-    type Ok = ();
-    type Error = WireError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, _: &'static str, value: &T) -> Result<()> {
-        value.serialize(&mut *self.ser)
-    }
-    fn skip_field(&mut self, field: &'static str) -> Result<()> {
-        Err(self.skipped(field))
-    }
-    fn end(self) -> Result<()> {
-        Ok(())
-    }
-}
+by_position!(SerializeStruct, SerializeStructVariant);
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
