@@ -40,6 +40,8 @@ pub(crate) struct ChildInfo {
     pub(crate) identity: String,
     pub(crate) daemon: bool,
     pub(crate) parent_name: String,
+    /// The parent's authentication key, which a child inherits (Python's `authkey`).
+    pub(crate) authkey: Vec<u8>,
 }
 
 /// The crate's per-process global state.
@@ -56,6 +58,8 @@ pub(crate) struct Global {
     /// `active_children`.
     pub(crate) children: Vec<Arc<dyn Registered>>,
     pub(crate) atexit: bool,
+    /// This process's authentication key (empty until first asked for in the main process).
+    pub(crate) authkey: Vec<u8>,
 }
 
 static STATE: Mutex<Global> = Mutex::new(Global {
@@ -67,6 +71,7 @@ static STATE: Mutex<Global> = Mutex::new(Global {
     counter: 0,
     children: Vec::new(),
     atexit: false,
+    authkey: Vec::new(),
 });
 
 /// Locks the global state, (re)initializing it for this process if it describes another one.
@@ -80,6 +85,44 @@ pub(crate) fn lock_state() -> MutexGuard<'static, Global> {
         g.pid = me;
     }
     g
+}
+
+/// This process's authentication key (Python's `current_process().authkey`): 32 random bytes
+/// made on first use in the main process, inherited by every child it starts.
+pub(crate) fn authkey() -> Vec<u8> {
+    let mut g = lock_state();
+    if g.authkey.is_empty() {
+        g.authkey = random_bytes(32);
+    }
+    g.authkey.clone()
+}
+
+/// Replaces this process's authentication key; children started later inherit the new one.
+pub(crate) fn set_authkey(key: &[u8]) {
+    lock_state().authkey = key.to_vec();
+}
+
+/// `n` bytes from the kernel's random source.
+pub(crate) fn random_bytes(n: usize) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match rustix::rand::getrandom(&mut out[got..], rustix::rand::GetRandomFlags::empty()) {
+            Ok(k) => got += k,
+            Err(rustix::io::Errno::INTR) => {}
+            // getrandom(2) exists since Linux 3.17; before, the device gives the same bytes.
+            Err(e) => {
+                use std::io::Read;
+                let read = std::fs::File::open("/dev/urandom")
+                    .and_then(|mut f| f.read_exact(&mut out[got..]));
+                if let Err(e2) = read {
+                    panic!("no source of random bytes: getrandom: {e}, /dev/urandom: {e2}");
+                }
+                got = n;
+            }
+        }
+    }
+    out
 }
 
 /// In a forked child, under the lock held across the fork: the parent's children are not ours.
@@ -99,6 +142,7 @@ pub(crate) fn become_child(info: ChildInfo, parent_pid: i32) {
     g.identity = info.identity;
     g.daemon = info.daemon;
     g.parent = Some((parent_pid, info.parent_name));
+    g.authkey = info.authkey;
     g.counter = 0;
     g.children.clear();
     let label = format!("{:?} (pid {})", g.name, g.pid);

@@ -548,6 +548,7 @@ impl<R: DeserializeOwned> Process<R> {
             identity: self.identity.clone(),
             daemon: self.daemon,
             parent_name,
+            authkey: crate::lifecycle::authkey(),
         };
         let method = self.method.unwrap_or_else(context::get_start_method);
         crate::lifecycle::ensure_atexit();
@@ -798,6 +799,29 @@ pub struct CurrentProcess {
     name: String,
     pid: i32,
     daemon: bool,
+}
+
+impl CurrentProcess {
+    /// This process's authentication key (Python's `current_process().authkey`): 32 random
+    /// bytes made in the main process, inherited by every child (under every start method).
+    /// [`Listener`](crate::connection::Listener), [`Client`](crate::connection::Client) and
+    /// managers use it when no key is given.
+    ///
+    /// # Examples
+    /// ```
+    /// let key = multiprocess::current_process().authkey();
+    /// assert_eq!(key.len(), 32);
+    /// assert_eq!(key, multiprocess::current_process().authkey());
+    /// ```
+    pub fn authkey(&self) -> Vec<u8> {
+        crate::lifecycle::authkey()
+    }
+
+    /// Replaces this process's authentication key (Python's `current_process().authkey =
+    /// key`); children started afterwards inherit the new one.
+    pub fn set_authkey(&self, key: &[u8]) {
+        crate::lifecycle::set_authkey(key);
+    }
 }
 
 impl CurrentProcess {

@@ -52,9 +52,17 @@ use crate::handle;
 use crate::region::Region;
 use crate::sys::socket;
 
+mod address;
+mod auth;
 mod fast;
+mod listener;
+#[cfg(feature = "pickle")]
+mod pickle;
 
+pub use address::{Address, ToAddress};
+pub use auth::AuthenticationError;
 use fast::{Fast, Next};
+pub use listener::{Client, ClientBuilder, Listener, ListenerBuilder, DEFAULT_HANDSHAKE_TIMEOUT};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MPC1");
 const HEADER: usize = 16;
@@ -182,6 +190,9 @@ pub enum ConnectionError {
     },
     /// Sending on the receiving end of a one-way pipe, or receiving on the sending end.
     WrongDirection(&'static str),
+    /// The authkey handshake of a [`Listener`] or [`Client`] failed (Python's
+    /// `AuthenticationError`); the connection is closed.
+    Authentication(AuthenticationError),
     /// An operating-system error.
     Io(io::Error),
 }
@@ -213,6 +224,7 @@ impl fmt::Debug for ConnectionError {
             ConnectionError::Decode(_) => "Decode",
             ConnectionError::HandlesLost { .. } => "HandlesLost",
             ConnectionError::WrongDirection(_) => "WrongDirection",
+            ConnectionError::Authentication(_) => "Authentication",
             ConnectionError::Io(_) => "Io",
         };
         write!(f, "{variant}: {self}")
@@ -242,6 +254,7 @@ impl fmt::Display for ConnectionError {
                  limit (RLIMIT_NOFILE, `ulimit -n`). The connection still works"
             ),
             ConnectionError::WrongDirection(why) => f.write_str(why),
+            ConnectionError::Authentication(e) => write!(f, "authentication failed: {e}"),
             ConnectionError::Io(e) => write!(f, "connection i/o error: {e}"),
         }
     }
@@ -251,6 +264,7 @@ impl std::error::Error for ConnectionError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ConnectionError::Io(e) => Some(e),
+            ConnectionError::Authentication(e) => Some(e),
             _ => None,
         }
     }
@@ -281,6 +295,7 @@ pub struct Connection {
     fd: handle::TrackedFd,
     readable: bool,
     writable: bool,
+    framing: Framing,
     /// The shared-memory path (ends made by [`Pipe`]); `None`: frames on the socket only.
     fast: Option<Fast>,
     send_lock: Mutex<()>,
@@ -296,8 +311,21 @@ impl fmt::Debug for Connection {
             .field("readable", &self.readable)
             .field("writable", &self.writable)
             .field("shared_memory", &self.fast.is_some())
+            .field("framing", &self.framing)
             .finish()
     }
+}
+
+/// How messages are delimited on the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Framing {
+    /// This crate's frame header (magic, descriptor count, length): ends made by [`Pipe`].
+    Native,
+    /// CPython's: a 4-byte big-endian signed length, or -1 and an 8-byte one for messages
+    /// over 2 GiB. Ends made by [`Listener`] and [`Client`], which Python processes may hold.
+    /// A message longer than the limit is refused at its header (nothing of it is read) and
+    /// the end stops receiving, as Python's `recv_bytes(maxlength)` does.
+    Python,
 }
 
 #[derive(Default)]
@@ -451,11 +479,24 @@ impl Connection {
         Connection::with_fast(fd, readable, writable, None)
     }
 
+    /// A connection over a socket with CPython's framing (Listener and Client ends).
+    pub(crate) fn python_framed(fd: OwnedFd) -> Connection {
+        let mut c = Connection::with_fast(fd, true, true, None);
+        c.framing = Framing::Python;
+        c
+    }
+
+    /// The largest message this end accepts now.
+    pub(crate) fn max_message_len(&self) -> u64 {
+        self.max_len.load(Ordering::Relaxed)
+    }
+
     fn with_fast(fd: OwnedFd, readable: bool, writable: bool, fast: Option<Fast>) -> Connection {
         Connection {
             fd: handle::TrackedFd::new(fd),
             readable,
             writable,
+            framing: Framing::Native,
             fast,
             send_lock: Mutex::new(()),
             recv_state: Mutex::new(RecvState::default()),
@@ -536,9 +577,19 @@ impl Connection {
                 return fast.lock_writer().push_data(parts, self.fd.as_fd());
             }
         }
-        let h = header(fds.len(), len as u64);
+        if self.framing == Framing::Python && !fds.is_empty() && !socket::is_unix(self.fd.as_fd()) {
+            return Err(ConnectionError::Encode(
+                "this value holds handles (descriptors), which cannot travel over a TCP \
+                 connection; send them through a Pipe or a Unix-socket Listener"
+                    .into(),
+            ));
+        }
+        let (h, hlen) = match self.framing {
+            Framing::Native => (header(fds.len(), len as u64), HEADER),
+            Framing::Python => python_header(len as u64),
+        };
         let mut all: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-        all.push(&h);
+        all.push(&h[..hlen]);
         all.extend_from_slice(parts);
         socket::check_fd_count(fds.len())?;
         match &self.fast {
@@ -688,12 +739,15 @@ impl Connection {
     pub fn try_clone(&self) -> io::Result<Connection> {
         let _birth = handle::birth();
         let fd = socket::dup(self.fd.as_fd())?;
-        Ok(Connection::with_fast(
+        let mut c = Connection::with_fast(
             fd,
             self.readable,
             self.writable,
             self.fast.as_ref().map(Fast::clone_end),
-        ))
+        );
+        c.framing = self.framing;
+        c.set_max_message_len(self.max_message_len());
+        Ok(c)
     }
 
     /// Writes `value` into the pipe's shared memory at `offset` as a hostile peer could (tests
@@ -720,7 +774,9 @@ impl Connection {
         }
         if self.broken.load(Ordering::Relaxed) {
             return Err(ConnectionError::Malformed(
-                "an earlier frame was malformed; this connection no longer receives".into(),
+                "an earlier frame was malformed (or too large, on a Listener or Client \
+                 connection); this connection no longer receives"
+                    .into(),
             ));
         }
         Ok(self.recv_state.lock().unwrap_or_else(|p| p.into_inner()))
@@ -881,7 +937,60 @@ impl Connection {
     }
 
     fn read_header(&self, st: &mut RecvState, wait: Wait) -> Result<(), ConnectionError> {
-        while st.header_got < HEADER {
+        if self.framing == Framing::Python {
+            return self.read_python_header(st, wait);
+        }
+        self.read_header_bytes(st, wait, HEADER)?;
+        self.check_native_header(st)
+    }
+
+    /// CPython's header: `!i` length, or -1 then `!Q` length. A length over the limit is
+    /// refused here, before any of the message is read (a peer announcing 2^62 bytes costs
+    /// nothing), and the end stops receiving: what follows cannot be trusted to be in step.
+    fn read_python_header(&self, st: &mut RecvState, wait: Wait) -> Result<(), ConnectionError> {
+        self.read_header_bytes(st, wait, 4)?;
+        let short = i32::from_be_bytes([st.header[0], st.header[1], st.header[2], st.header[3]]);
+        let len = match short {
+            -1 => {
+                self.read_header_bytes(st, wait, 12)?;
+                let mut long = [0u8; 8];
+                long.copy_from_slice(&st.header[4..12]);
+                u64::from_be_bytes(long)
+            }
+            n if n >= 0 => n as u64,
+            n => {
+                self.broken.store(true, Ordering::Relaxed);
+                st.reset();
+                return Err(ConnectionError::Malformed(format!(
+                    "negative message length {n} in a header (is the peer speaking \
+                     multiprocessing's protocol?)"
+                )));
+            }
+        };
+        let max = self.max_len.load(Ordering::Relaxed);
+        if len > max {
+            self.broken.store(true, Ordering::Relaxed);
+            st.reset();
+            return Err(ConnectionError::TooLarge { len, max });
+        }
+        if st.fds_truncated {
+            // Descriptors are not announced in this framing: at least one more was sent.
+            st.handles_lost = Some((st.fds.len() + 1, st.fds.len()));
+            st.fds.clear();
+        }
+        st.len = Some(len);
+        st.payload_got = 0;
+        Ok(())
+    }
+
+    /// Reads the header buffer up to `need` bytes (resuming a partial read).
+    fn read_header_bytes(
+        &self,
+        st: &mut RecvState,
+        wait: Wait,
+        need: usize,
+    ) -> Result<(), ConnectionError> {
+        while st.header_got < need {
             self.wait_readable(wait)?;
             let RecvState {
                 header,
@@ -892,7 +1001,7 @@ impl Connection {
             } = st;
             let n = match socket::recv_some(
                 self.fd.as_fd(),
-                &mut header[*header_got..],
+                &mut header[*header_got..need],
                 fds,
                 matches!(wait, Wait::Until(_)),
                 fds_truncated,
@@ -907,6 +1016,10 @@ impl Connection {
             }
             st.header_got += n;
         }
+        Ok(())
+    }
+
+    fn check_native_header(&self, st: &mut RecvState) -> Result<(), ConnectionError> {
         let magic = u32::from_le_bytes(st.header[0..4].try_into().unwrap_or_default());
         let nfds = u32::from_le_bytes(st.header[4..8].try_into().unwrap_or_default()) as usize;
         let len = u64::from_le_bytes(st.header[8..16].try_into().unwrap_or_default());
@@ -1052,6 +1165,21 @@ fn header(nfds: usize, len: u64) -> [u8; HEADER] {
     h
 }
 
+/// CPython's header for a message of `len` bytes (`_send_bytes` in `connection.py`): the
+/// length as a big-endian `i32`, or for more than `i32::MAX` bytes, -1 then the length as a
+/// big-endian `u64`. Returns the buffer and how much of it is the header.
+pub(crate) fn python_header(len: u64) -> ([u8; HEADER], usize) {
+    let mut h = [0u8; HEADER];
+    if len > i32::MAX as u64 {
+        h[0..4].copy_from_slice(&(-1i32).to_be_bytes());
+        h[4..12].copy_from_slice(&len.to_be_bytes());
+        (h, 12)
+    } else {
+        h[0..4].copy_from_slice(&(len as i32).to_be_bytes());
+        (h, 4)
+    }
+}
+
 impl AsFd for Connection {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -1079,11 +1207,12 @@ impl Serialize for Connection {
             let (end, region, bell0, bell1) = f.parts();
             FastWire(end, region, Fd(bell0), Fd(bell1))
         });
-        let mut t = serializer.serialize_tuple(4)?;
+        let mut t = serializer.serialize_tuple(5)?;
         t.serialize_element(&self.readable)?;
         t.serialize_element(&self.writable)?;
         t.serialize_element(&Fd(self.fd.as_fd()))?;
         t.serialize_element(&fast)?;
+        t.serialize_element(&self.framing)?;
         t.end()
     }
 }
@@ -1103,15 +1232,18 @@ impl<'de> Deserialize<'de> for Connection {
             bool,
             #[serde(with = "handle::fd")] OwnedFd,
             Option<FastWire>,
+            Framing,
         );
-        let Wire(readable, writable, fd, fast) = Wire::deserialize(deserializer)?;
+        let Wire(readable, writable, fd, fast, framing) = Wire::deserialize(deserializer)?;
         let fast = match fast {
             None => None,
             Some(FastWire(end, region, bell0, bell1)) => Some(
                 Fast::from_parts(end, region, bell0, bell1).map_err(serde::de::Error::custom)?,
             ),
         };
-        Ok(Connection::with_fast(fd, readable, writable, fast))
+        let mut c = Connection::with_fast(fd, readable, writable, fast);
+        c.framing = framing;
+        Ok(c)
     }
 }
 
@@ -1223,5 +1355,19 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> io::Result<
         if !ready.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(ready);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn python_header_forms() {
+        let (h, n) = super::python_header(5);
+        assert_eq!(&h[..n], [0, 0, 0, 5]);
+        let (h, n) = super::python_header(i32::MAX as u64);
+        assert_eq!(&h[..n], [0x7f, 0xff, 0xff, 0xff]);
+        // Past 2 GiB: -1, then the length as 8 bytes (CPython's `_send_bytes`).
+        let (h, n) = super::python_header(3 << 30);
+        assert_eq!(&h[..n], [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0xc0, 0, 0, 0]);
     }
 }

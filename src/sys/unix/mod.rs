@@ -5,6 +5,7 @@ pub(crate) mod build_id;
 pub(crate) mod doorbell;
 pub(crate) mod ipc;
 pub(crate) mod named_shm;
+pub(crate) mod net;
 pub(crate) mod process;
 #[allow(dead_code)] // used by the queue and sync modules
 pub(crate) mod shm;

@@ -179,6 +179,11 @@ pub(crate) fn peek_eof(fd: BorrowedFd<'_>) -> io::Result<Option<bool>> {
     }
 }
 
+/// Whether `fd` is a Unix-domain socket (descriptors can travel through it).
+pub(crate) fn is_unix(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+}
+
 /// Raises the kernel's send and receive buffers of a socket (best effort).
 pub(crate) fn set_buffer_sizes(fd: BorrowedFd<'_>, bytes: usize) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, bytes);
