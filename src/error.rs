@@ -265,6 +265,8 @@ pub enum Error {
     Release(String),
     /// An index outside a shared array.
     Index(crate::shared_memory::IndexError),
+    /// A manager or one of its proxies failed.
+    Manager(crate::managers::ManagerError),
     /// An operating-system error (creating shared memory, a pipe, ...).
     Io(io::Error),
 }
@@ -287,6 +289,7 @@ impl fmt::Display for Error {
             Error::WouldBlock => f.write_str("the lock is held by someone else"),
             Error::Release(m) => f.write_str(m),
             Error::Index(e) => e.fmt(f),
+            Error::Manager(e) => e.fmt(f),
             Error::Io(e) => e.fmt(f),
         }
     }
@@ -304,6 +307,7 @@ impl std::error::Error for Error {
             Error::Context(e) => Some(e),
             Error::Barrier(e) => Some(e),
             Error::Index(e) => Some(e),
+            Error::Manager(e) => Some(e),
             Error::Io(e) => Some(e),
             Error::OwnerDied { .. } | Error::WouldBlock | Error::Release(_) => None,
         }
@@ -329,6 +333,7 @@ into_error!(
     crate::ContextError => Context,
     crate::BarrierError => Barrier,
     crate::shared_memory::IndexError => Index,
+    crate::managers::ManagerError => Manager,
     io::Error => Io,
 );
 

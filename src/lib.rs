@@ -203,6 +203,7 @@ mod error;
 pub mod fuzz;
 pub mod handle;
 mod lifecycle;
+pub mod managers;
 pub mod pool;
 pub mod process;
 pub mod queue;

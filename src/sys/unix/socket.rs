@@ -36,6 +36,12 @@ pub(crate) fn shutdown(fd: BorrowedFd<'_>, read: bool) -> io::Result<()> {
     Ok(rustix::net::shutdown(fd, how)?)
 }
 
+/// Shuts both directions of a socket down: its peer sees end of file, and a thread of this
+/// process blocked on it wakes (used to end a manager's clients at shutdown).
+pub(crate) fn shutdown_both(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rustix::net::shutdown(fd, rustix::net::Shutdown::Both)?)
+}
+
 /// Refuses a message with more descriptors than one `sendmsg` may carry.
 pub(crate) fn check_fd_count(n: usize) -> io::Result<()> {
     if n > MAX_FDS {
