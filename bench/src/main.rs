@@ -24,6 +24,7 @@ mod w4_queue;
 mod w5_pool;
 mod w7_sync;
 mod w8_mpi;
+mod w9_listener;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -48,6 +49,9 @@ const WORKLOADS: &[Workload] = &[
     w7_sync::W7B,
     w7_sync::W7C,
     w10_imap::W10,
+    w9_listener::W9A,
+    w9_listener::W9A_UNIX,
+    w9_listener::W9B,
     w8_mpi::W8,
     w8_mpi::W8B,
 ];

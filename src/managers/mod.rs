@@ -273,17 +273,80 @@ impl std::error::Error for ManagerError {
     }
 }
 
+const HANDLES_REFUSED: &str = "a value holding handles (pipes, queues, ...) cannot be stored \
+    in a manager, which keeps bytes; pass the handle to the process that needs it instead";
+
 /// Encodes a key or value for the server (no handles: the server keeps bytes only).
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, ManagerError> {
     let e = crate::handle::encode(value).map_err(|e| ManagerError::Encode(e.0))?;
     if !e.fds.is_empty() {
-        return Err(ManagerError::Encode(
-            "a value holding handles (pipes, queues, ...) cannot be stored in a manager, which \
-             keeps bytes; pass the handle to the process that needs it instead"
-                .into(),
-        ));
+        return Err(ManagerError::Encode(HANDLES_REFUSED.into()));
     }
     Ok(e.bytes)
+}
+
+/// Values encoded one after another into one buffer, each after its length (`u64`, little
+/// endian): a batch of keys and values costs one allocation, and the server, which never
+/// decodes them, splits them without copying.
+pub(crate) struct Framer {
+    buf: Vec<u8>,
+}
+
+impl Framer {
+    /// Runs `fill` to frame values; refuses values that hold handles.
+    pub(crate) fn build(
+        fill: impl FnOnce(&mut Framer) -> Result<(), ManagerError>,
+    ) -> Result<Vec<u8>, ManagerError> {
+        let mut f = Framer {
+            buf: Vec::with_capacity(4096),
+        };
+        let (r, fds) = crate::handle::collecting(|| fill(&mut f));
+        r?;
+        if !fds.is_empty() {
+            return Err(ManagerError::Encode(HANDLES_REFUSED.into()));
+        }
+        Ok(f.buf)
+    }
+
+    pub(crate) fn push<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), ManagerError> {
+        let at = self.buf.len();
+        self.buf.extend_from_slice(&[0; 8]);
+        value
+            .serialize(&mut crate::wire::Ser { out: &mut self.buf })
+            .map_err(|e| ManagerError::Encode(format!("cannot serialize the value: {e}")))?;
+        let len = (self.buf.len() - at - 8) as u64;
+        self.buf[at..at + 8].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+}
+
+/// Splits a framed buffer; a length that runs past the end is an error (the buffer comes
+/// from another process).
+pub(crate) fn unframe(mut blob: &[u8]) -> impl Iterator<Item = Result<&[u8], String>> {
+    std::iter::from_fn(move || {
+        if blob.is_empty() {
+            return None;
+        }
+        let Some((len, rest)) = blob.split_first_chunk::<8>() else {
+            blob = &[];
+            return Some(Err("a framed length is cut short".into()));
+        };
+        let len = u64::from_le_bytes(*len);
+        match usize::try_from(len).ok().filter(|&n| n <= rest.len()) {
+            Some(n) => {
+                let (item, after) = rest.split_at(n);
+                blob = after;
+                Some(Ok(item))
+            }
+            None => {
+                blob = &[];
+                Some(Err(format!(
+                    "a framed value of {len} bytes runs past the {} bytes left",
+                    rest.len()
+                )))
+            }
+        }
+    })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ManagerError> {
@@ -886,5 +949,38 @@ impl Drop for Manager {
         if self.process.is_some() {
             let _ = self.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_round_trip_and_hostile_lengths() {
+        let blob = Framer::build(|f| {
+            f.push("key")?;
+            f.push(&7u64)?;
+            Ok(())
+        })
+        .unwrap();
+        let parts: Vec<&[u8]> = unframe(&blob).map(|r| r.unwrap()).collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(decode::<String>(parts[0]).unwrap(), "key");
+        assert_eq!(decode::<u64>(parts[1]).unwrap(), 7);
+        // A length past the end, a length of 2^64-1, a cut length: errors, then the end.
+        let mut bad = u64::MAX.to_le_bytes().to_vec();
+        bad.extend_from_slice(b"abc");
+        let got: Vec<_> = unframe(&bad).collect();
+        assert_eq!(got.len(), 1);
+        assert!(got[0].is_err());
+        let got: Vec<_> = unframe(&[1, 2, 3]).collect();
+        assert!(got.len() == 1 && got[0].is_err());
+        let mut over = 10u64.to_le_bytes().to_vec();
+        over.extend_from_slice(b"short");
+        assert!(unframe(&over).next().unwrap().is_err());
+        // Handles are refused.
+        let (a, _b) = crate::Pipe::new().unwrap();
+        assert!(Framer::build(|f| f.push(&a)).is_err());
     }
 }

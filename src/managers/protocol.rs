@@ -50,6 +50,11 @@ pub(crate) enum Op {
     Remove(Blob),
     Contains(Blob),
     SetDefault(Blob, Blob),
+    /// Framed keys and values, alternating (see `managers::Framer`).
+    SetMany(Blob),
+    /// Framed keys; answered with [`Reply::Framed`]: per key, 0 (absent) or 1 and the
+    /// framed value.
+    GetMany(Blob),
     Keys,
     Values,
     Items,
@@ -102,6 +107,7 @@ pub(crate) enum Reply {
     Maybe(Option<Blob>),
     List(Vec<Blob>),
     Pairs(Vec<(Blob, Blob)>),
+    Framed(Blob),
     Versioned(Option<Blob>, u64),
     /// A conditional write found another version.
     Conflict,

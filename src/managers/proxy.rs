@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::protocol::{Op, Reply};
-use super::{decode, encode, unexpected, ManagerError, ProxyWire, Session, Shared};
+use super::{decode, encode, unexpected, Framer, ManagerError, ProxyWire, Session, Shared};
 
 /// The session and object id every proxy holds.
 #[derive(Clone)]
@@ -322,16 +322,14 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         &self,
         items: impl IntoIterator<Item = (A, B)>,
     ) -> Result<(), ManagerError> {
-        let ops = items
-            .into_iter()
-            .map(|(k, v)| Ok(Op::Set(encode(k.borrow())?, encode(v.borrow())?)))
-            .collect::<Result<Vec<_>, ManagerError>>()?;
-        for r in self.handle.session.batch(self.handle.id, ops)? {
-            if !matches!(r, Reply::Unit) {
-                return Err(unexpected(r));
+        let blob = Framer::build(|f| {
+            for (k, v) in items {
+                f.push(k.borrow())?;
+                f.push(v.borrow())?;
             }
-        }
-        Ok(())
+            Ok(())
+        })?;
+        self.handle.unit(Op::SetMany(blob))
     }
 
     /// The values of many keys in one round trip.
@@ -342,19 +340,34 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         &self,
         keys: impl IntoIterator<Item = Q>,
     ) -> Result<Vec<Option<V>>, ManagerError> {
-        let ops = keys
-            .into_iter()
-            .map(|k| Ok(Op::Get(encode(&k)?)))
-            .collect::<Result<Vec<_>, ManagerError>>()?;
-        self.handle
-            .session
-            .batch(self.handle.id, ops)?
-            .into_iter()
-            .map(|r| match r {
-                Reply::Maybe(b) => b.map(|b| decode(&b)).transpose(),
-                other => Err(unexpected(other)),
-            })
-            .collect()
+        let blob = Framer::build(|f| {
+            for k in keys {
+                f.push(&k)?;
+            }
+            Ok(())
+        })?;
+        let Reply::Framed(answer) = self.handle.call(Op::GetMany(blob))? else {
+            return Err(ManagerError::Decode("unexpected answer to get_many".into()));
+        };
+        let bad = || ManagerError::Decode("a malformed answer to get_many".into());
+        let mut out = Vec::new();
+        let mut rest: &[u8] = &answer;
+        while let Some((&present, after)) = rest.split_first() {
+            rest = after;
+            if present == 0 {
+                out.push(None);
+                continue;
+            }
+            let (len, after) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+            let len = usize::try_from(u64::from_le_bytes(*len)).map_err(|_| bad())?;
+            if len > after.len() {
+                return Err(bad());
+            }
+            let (value, after) = after.split_at(len);
+            out.push(Some(decode(value)?));
+            rest = after;
+        }
+        Ok(out)
     }
 
     /// Gathers sets, gets and removes to send in one round trip with [`DictBatch::run`]. They

@@ -97,16 +97,16 @@ impl DictState {
         self.next
     }
 
-    fn set(&mut self, k: Blob, v: Blob) {
+    fn set(&mut self, k: &[u8], v: Blob) {
         let version = self.bump();
-        match self.entries.get_mut(&k) {
+        match self.entries.get_mut(k) {
             Some(e) => {
                 e.1 = v;
                 e.2 = version;
             }
             None => {
-                self.order.insert(version, k.clone());
-                self.entries.insert(k, (version, v, version));
+                self.order.insert(version, k.to_vec());
+                self.entries.insert(k.to_vec(), (version, v, version));
             }
         }
     }
@@ -134,15 +134,46 @@ impl Object for Dict {
         match op {
             Op::Get(k) => Reply::Maybe(d.entries.get(&k).map(|e| e.1.clone())),
             Op::Set(k, v) => {
-                d.set(k, v);
+                d.set(&k, v);
                 Reply::Unit
+            }
+            Op::SetMany(blob) => {
+                let mut items = super::unframe(&blob);
+                while let Some(k) = items.next() {
+                    match (k, items.next()) {
+                        (Ok(k), Some(Ok(v))) => d.set(k, v.to_vec()),
+                        (Err(e), _) | (_, Some(Err(e))) => return Reply::Err(Fault::Usage, e),
+                        (Ok(_), None) => {
+                            return Reply::Err(Fault::Usage, "a key without a value".into())
+                        }
+                    }
+                }
+                Reply::Unit
+            }
+            Op::GetMany(blob) => {
+                let mut out = Vec::with_capacity(blob.len() * 2);
+                for k in super::unframe(&blob) {
+                    let k = match k {
+                        Ok(k) => k,
+                        Err(e) => return Reply::Err(Fault::Usage, e),
+                    };
+                    match d.entries.get(k) {
+                        Some(e) => {
+                            out.push(1);
+                            out.extend_from_slice(&(e.1.len() as u64).to_le_bytes());
+                            out.extend_from_slice(&e.1);
+                        }
+                        None => out.push(0),
+                    }
+                }
+                Reply::Framed(out)
             }
             Op::Remove(k) => Reply::Maybe(d.remove(&k)),
             Op::Contains(k) => Reply::Bool(d.entries.contains_key(&k)),
             Op::SetDefault(k, v) => match d.entries.get(&k) {
                 Some(e) => Reply::Bytes(e.1.clone()),
                 None => {
-                    d.set(k, v.clone());
+                    d.set(&k, v.clone());
                     Reply::Bytes(v)
                 }
             },
@@ -158,7 +189,7 @@ impl Object for Dict {
                 if now != version {
                     return Reply::Conflict;
                 }
-                d.set(k, v);
+                d.set(&k, v);
                 Reply::Unit
             }
             Op::Len => Reply::Len(d.entries.len() as u64),
