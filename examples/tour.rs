@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use multiprocess::connection::{Address, Client, Listener};
+use multiprocess::managers::{DictProxy, Manager};
 use multiprocess::{
     Barrier, Connection, Dynamic, Lock, Pipe, Pool, Process, Queue, Run, StartMethod, Value,
 };
@@ -208,6 +210,24 @@ fn die_holding(lock: Lock) {
 
 fn meet(b: Barrier) -> u32 {
     b.wait().unwrap()
+}
+
+/// A client in another process: connects to the listener with the authkey it inherited,
+/// asks, and prints the answer.
+fn listener_client(address: Address) {
+    let conn = Client::connect(&address).expect("connect");
+    conn.send(&"what is 6 x 7?").expect("send");
+    let answer: u32 = conn.recv().expect("recv");
+    println!(
+        "  [client pid {}] the listener answered {answer}",
+        std::process::id()
+    );
+}
+
+/// A child updating a manager's dict: the key's list grows by one entry per child.
+fn log_visit(d: DictProxy<String, Vec<u32>>) {
+    d.update("visits", |v| v.push(std::process::id()))
+        .expect("update");
 }
 
 fn section(title: &str) {
@@ -460,6 +480,69 @@ fn main() -> Result<(), multiprocess::Error> {
         "  wrapped in Dynamic, to a child and back -> {:?}",
         p.join_result()?.into_inner()
     );
+
+    section("Listener and Client: processes that did not start one another");
+    // Python: Listener(address, authkey) / Client(address, authkey). Any address family:
+    // a Unix path, "\0abstract", "127.0.0.1:6000". The peer may be a Python process.
+    let listener = Listener::new()?; // a Unix socket in a private directory
+    println!("  listener at {}", listener.address());
+    let mut p = Process::new(listener_client, listener.address().clone());
+    p.start()?;
+    let conn = listener.accept()?; // after the HMAC challenge, both ways
+    let question: String = conn.recv()?;
+    println!("  accepted a client that passed the authkey handshake; it asks {question:?}");
+    conn.send(&42u32)?;
+    p.join()?;
+    let wrong = Client::builder()
+        .authkey(b"not the key")
+        .timeout(Duration::from_secs(5));
+    let address = listener.address().clone();
+    let t = std::thread::spawn(move || wrong.connect(&address));
+    if let Err(e) = listener.accept() {
+        println!("  a client with the wrong key, at the listener -> {e}");
+    }
+    if let Ok(Err(e)) = t.join() {
+        println!("  ... and at the client -> {e}");
+    }
+
+    section("Managers: shared objects in a server process, reached through proxies");
+    let manager = Manager::start()?; // Python: multiprocessing.Manager()
+    let d = manager.dict::<String, Vec<u32>>()?;
+    println!(
+        "  manager process pid {:?}, listening at {}",
+        manager.pid().unwrap_or_default(),
+        manager.address()
+    );
+    let mut visitors: Vec<Process> = (0..3).map(|_| Process::new(log_visit, d.clone())).collect();
+    for v in &mut visitors {
+        v.start()?;
+    }
+    for v in &mut visitors {
+        v.join()?;
+    }
+    // In Python, d["visits"].append(pid) changes a copy and is lost; update() is not.
+    println!(
+        "  3 children did d.update(\"visits\", |v| v.push(pid)) -> {} visits kept",
+        d.get("visits")?.unwrap_or_default().len()
+    );
+    let t = Instant::now();
+    for i in 0..1000u32 {
+        d.set(&format!("k{i}"), &vec![i])?;
+    }
+    let one_by_one = t.elapsed();
+    let t = Instant::now();
+    d.set_many((0..1000u32).map(|i| (format!("k{i}"), vec![i])))?;
+    let batched = t.elapsed();
+    println!(
+        "  1000 writes one request each: {:.1} us/write; in one set_many: {:.2} us/write",
+        one_by_one.as_secs_f64() * 1e3,
+        batched.as_secs_f64() * 1e3
+    );
+    manager.shutdown()?;
+    match d.len() {
+        Err(e) => println!("  after shutdown, a proxy says: {e}"),
+        Ok(n) => println!("  unexpected: {n} entries after shutdown"),
+    }
 
     println!("\ntour complete");
     Ok(())

@@ -137,6 +137,15 @@
 //! children. A process killed while holding a lock does not wedge the others: the next locker
 //! gets the lock and an [`OwnerDied`] that says so; a barrier whose party died breaks.
 //!
+//! ## Listener, Client and managers
+//! [`connection::Listener`] and [`connection::Client`] connect processes that did not start
+//! one another, on this machine or across the network (Unix paths, abstract names, TCP), with
+//! CPython's framing and HMAC authkey handshake: the other end may be a Python program
+//! (pickles for plain data with the `pickle` feature). [`managers::Manager`] runs a server
+//! process that owns shared dicts, lists, namespaces, values, queues, locks, events and your
+//! own types, reached through proxies that travel like any handle. The authkey authenticates;
+//! it does not encrypt: across an untrusted network, use a tunnel.
+//!
 //! ## Which one do I need?
 //! | you want | use |
 //! |---|---|
@@ -156,6 +165,8 @@
 //! | a shared buffer | [`Array`], [`RawArray`], [`SharedMemory`] |
 //! | memory that unrelated processes find by name | [`SharedMemory::create`] / [`SharedMemory::open`] |
 //! | run many tasks on a few processes | [`Pool`] |
+//! | talk to a process you did not start, or to a Python program | [`connection::Listener`], [`connection::Client`] |
+//! | a dict or queue shared across machines, or objects a server owns | [`managers::Manager`] |
 //!
 //! ## From Python
 //! | Python | multiprocess |
@@ -190,6 +201,22 @@
 //! | `q.task_done()`, `q.join()` | the same names on [`JoinableQueue`] |
 //! | `get_context("spawn")`, `set_start_method("fork")` | `get_context(StartMethod::Spawn)`, `set_start_method(StartMethod::Fork)` |
 //! | `current_process()`, `parent_process()`, `active_children()`, `cpu_count()` | the same names |
+//! | `current_process().authkey`, `current_process().authkey = k` | [`CurrentProcess::authkey`], [`CurrentProcess::set_authkey`] |
+//! | `connection.Listener(address, authkey=k)`, `Listener()` | [`connection::Listener::bind`]`(address)` (with the process's authkey), [`Listener::builder`](connection::Listener::builder)`().authkey(k)`, [`Listener::new`](connection::Listener::new)`()` |
+//! | `l.accept()`, `l.close()`, `l.address`, `l.last_accepted` | `accept()`, `accept_timeout(t)`, `close()`, `address()`, `last_accepted()` |
+//! | `connection.Client(address, authkey=k)` | [`connection::Client::connect`]`(address)`, `Client::builder().authkey(k).connect(address)` |
+//! | `authkey=None` on a `Listener`/`Client` (no handshake) | `.no_authentication()` (our default is the process's key, never none) |
+//! | `('host', port)`, `'/path'`, `'\0name'` addresses | `("host", port)`, `"host:port"`, `"/path"`, `"\0name"` ([`connection::Address`]) |
+//! | `AuthenticationError` | [`ConnectionError::Authentication`] ([`connection::AuthenticationError`]) |
+//! | `conn.send(obj)` / `conn.recv()` with a Python peer (pickle) | `send_pickle(&v)` / `recv_pickle::<T>()` (feature `pickle`) |
+//! | `Manager()`, `with Manager() as m:` | [`managers::Manager::start`]`()` (shut down on drop) |
+//! | `m.dict()`, `m.list()`, `m.Namespace()`, `m.Value(t, v)` | `dict::<K, V>()`, `list::<T>()`, `namespace()`, `value(v)` |
+//! | `m.Queue(n)`, `m.Lock()`, `m.Event()` | `queue::<T>(n)`, `lock()`, `event()` |
+//! | `d[k] = v`, `d[k]`, `del d[k]`, `k in d`, `d.update(pairs)` | `set(k, &v)`, `get(k)`, `remove(k)`, `contains_key(k)`, `set_many(pairs)` |
+//! | `d[k].append(x)` (silently lost in Python) | `d.update(k, \|v\| v.push(x))` (never lost) |
+//! | `BaseManager.register('T', T)`, `m.T(...)` | [`ManagerBuilder::register`](managers::ManagerBuilder::register)`::<T>()` + [`managers::Shared`], `m.create(value)` |
+//! | `BaseManager(address, authkey).get_server().serve_forever()` | `Manager::builder().address(a).authkey(k).get_server()?.serve_forever()` |
+//! | `BaseManager(address, authkey).connect()`, `m.shutdown()` | `Manager::builder().address(a).authkey(k).connect()`, `shutdown()` |
 //! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
 
 #![deny(unsafe_code)]

@@ -441,7 +441,9 @@ fn hostile_clients_do_not_stop_the_manager() {
 
 fn start_manager_and_report(report: multiprocess::Connection) {
     let manager = Manager::start().unwrap();
-    report.send(&manager.pid().unwrap()).unwrap();
+    report
+        .send(&(manager.pid().unwrap(), manager.address().clone()))
+        .unwrap();
     std::thread::sleep(Duration::from_secs(60));
 }
 
@@ -451,7 +453,8 @@ fn a_manager_dies_with_its_parent() {
         let (r, w) = Pipe::new().unwrap();
         let mut p = Process::new(start_manager_and_report, w);
         p.start().unwrap();
-        let manager_pid: i32 = r.recv_timeout(Duration::from_secs(20)).unwrap();
+        let (manager_pid, address): (i32, Address) =
+            r.recv_timeout(Duration::from_secs(20)).unwrap();
         assert!(exists(manager_pid));
         p.kill().unwrap();
         p.join().unwrap();
@@ -459,6 +462,11 @@ fn a_manager_dies_with_its_parent() {
             eventually(10, || !exists(manager_pid)),
             "the manager outlived its parent"
         );
+        // Nobody was left to remove its socket: the test does.
+        if let Address::Unix(path) = address {
+            let _ = std::fs::remove_file(&path);
+            let _ = std::fs::remove_dir(path.parent().unwrap());
+        }
     });
 }
 

@@ -1,4 +1,19 @@
-//! `Pipe` and `Connection`: two connected ends that carry serde values, raw bytes and handles.
+//! `Pipe` and `Connection`: two connected ends that carry serde values, raw bytes and handles;
+//! [`Listener`] and [`Client`]: connections between processes that did not start one another.
+//!
+//! # Listener and Client
+//! The ends a [`Listener`] accepts and a [`Client`] connects are ordinary [`Connection`]s
+//! without the shared-memory ring, framed as CPython frames them (a 4-byte big-endian length,
+//! or -1 and an 8-byte length past 2 GiB), after CPython's authkey handshake (HMAC-SHA256 in
+//! the `{sha256}` form of Python 3.12, HMAC-MD5 for Python 3.11 and older): a Python program's
+//! `multiprocessing.connection` is a peer like any other. [`Connection::send_bytes`] and
+//! [`Connection::recv_bytes`] meet Python's methods of the same names; `send`/`recv` carry
+//! this crate's format (between Rust peers); `send_pickle`/`recv_pickle` (feature `pickle`)
+//! carry plain data to and from Python's `send`/`recv`. Over a Unix socket, handles travel too.
+//!
+//! A message over the end's limit ([`Connection::set_max_message_len`]) is refused at its
+//! header, and the end stops receiving (Python's `recv_bytes(maxlength)` does the same);
+//! during the handshake the limit is 256 bytes.
 //!
 //! # Two transports, one order
 //! A pipe made by [`Pipe`] is a Unix stream socketpair plus a shared-memory ring per direction

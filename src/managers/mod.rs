@@ -631,6 +631,7 @@ impl<R: Registry> ManagerBuilder<R> {
         if let Some(m) = self.start_method {
             b = b.start_method(m);
         }
+        let address_given = address.clone();
         let mut process = b.target(
             manager_main::<R>,
             Boot {
@@ -657,11 +658,13 @@ impl<R: Registry> ManagerBuilder<R> {
                 )));
             }
         };
+        let private_dir = address_given.is_none();
         let session = Session::new(bound, authkey);
         let manager = Manager {
             session,
             process: Some(Mutex::new(process)),
             done: AtomicBool::new(false),
+            private_dir,
         };
         manager.session.request(&Request::Ping)?;
         Ok(manager)
@@ -707,6 +710,7 @@ impl<R: Registry> ManagerBuilder<R> {
             session,
             process: None,
             done: AtomicBool::new(false),
+            private_dir: false,
         })
     }
 }
@@ -768,6 +772,9 @@ pub struct Manager {
     session: Arc<Session>,
     process: Option<Mutex<Process>>,
     done: AtomicBool,
+    /// The manager's socket is in a private directory it made: removed here once its
+    /// process ended, even if it was killed.
+    private_dir: bool,
 }
 
 impl fmt::Debug for Manager {
@@ -939,6 +946,9 @@ impl Manager {
                 let _ = p.kill();
                 let _ = p.join_timeout(Duration::from_secs(5));
             }
+        }
+        if let (true, Address::Unix(path)) = (self.private_dir, &self.session.address) {
+            crate::sys::net::remove_socket(path, true);
         }
         Ok(())
     }
