@@ -146,6 +146,24 @@
 //! own types, reached through proxies that travel like any handle. The authkey authenticates;
 //! it does not encrypt: across an untrusted network, use a tunnel.
 //!
+//! ## Async
+//! A tokio (or smol, or any) service can run CPU-heavy or crash-prone code in processes
+//! without parking a thread per wait:
+//! - an [`AsyncResult`] is a future (`pool.apply_async(f, x).await`): the pool's result thread
+//!   wakes the task; [`pool::IMap::next_async`] awaits the next `imap` item (and with the
+//!   `stream` feature, `imap`s are `futures_core::Stream`s);
+//! - [`Process::join_async`] completes when the child's pidfd is readable;
+//! - [`Connection::recv_async`] and [`Queue::get_async`] / [`Queue::put_async`] wait on the
+//!   socket and on doorbells (eventfds) that a sender rings only when an async receiver waits,
+//!   so synchronous users pay nothing for them.
+//!
+//! The futures need no particular runtime and no cargo feature: a reactor thread of the crate
+//! (one per process, started by the first future that waits) polls the descriptors with
+//! `epoll` and calls the wakers. Every one is cancellation-safe: dropping it (a `select!`
+//! branch that lost, a `timeout`) loses no message, item or result; each method's docs state
+//! its contract. `examples/async_service.rs` is a tokio service that offloads work to a pool
+//! per request.
+//!
 //! ## Which one do I need?
 //! | you want | use |
 //! |---|---|
@@ -165,6 +183,7 @@
 //! | a shared buffer | [`Array`], [`RawArray`], [`SharedMemory`] |
 //! | memory that unrelated processes find by name | [`SharedMemory::create`] / [`SharedMemory::open`] |
 //! | run many tasks on a few processes | [`Pool`] |
+//! | await results, processes, messages or queue items from async code | [`AsyncResult`] (a future), [`Process::join_async`], [`Connection::recv_async`], [`Queue::get_async`] |
 //! | talk to a process you did not start, or to a Python program | [`connection::Listener`], [`connection::Client`] |
 //! | a dict or queue shared across machines, or objects a server owns | [`managers::Manager`] |
 //!
@@ -217,6 +236,8 @@
 //! | `BaseManager.register('T', T)`, `m.T(...)` | [`ManagerBuilder::register`](managers::ManagerBuilder::register)`::<T>()` + [`managers::Shared`], `m.create(value)` |
 //! | `BaseManager(address, authkey).get_server().serve_forever()` | `Manager::builder().address(a).authkey(k).get_server()?.serve_forever()` |
 //! | `BaseManager(address, authkey).connect()`, `m.shutdown()` | `Manager::builder().address(a).authkey(k).connect()`, `shutdown()` |
+//! | `await loop.run_in_executor(ProcessPoolExecutor(), f, x)` | `pool.apply_async(f, x).await` |
+//! | `asyncio.gather(*(loop.run_in_executor(ex, f, x) for x in xs))` | `pool.map_async(f, xs).await`, or the `AsyncResult`s in a `FuturesUnordered` |
 //! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
 
 #![deny(unsafe_code)]
@@ -280,3 +301,24 @@ pub use multiprocess_macros::main;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeExamples;
+
+/// Runs a future to completion on this thread (for the docs' examples, which need an executor
+/// and must not depend on one; not part of the API).
+#[doc(hidden)]
+pub fn __block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::sync::Arc::new(Unpark(std::thread::current())).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

@@ -170,6 +170,17 @@ impl ChildShared {
         self.sentinel.as_ref().map(|fd| fd.as_fd())
     }
 
+    /// What `wait` watches: the sentinel (pidfd, or the fork server's signal descriptor),
+    /// and the status channel while it is open.
+    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+        let status_open = !self.state().status_closed;
+        let mut fds: Vec<BorrowedFd<'_>> = self.sentinel_now().into_iter().collect();
+        if status_open {
+            fds.push(self.status.as_fd());
+        }
+        fds
+    }
+
     /// Reads one complete status message if there is one.
     fn pump_status(&self) {
         let _pumping = self.lock_pumping();
@@ -594,6 +605,42 @@ impl<R: DeserializeOwned> Process<R> {
         child.wait(None)?;
         unregister(&child);
         Ok(())
+    }
+
+    /// Waits for the child to end without blocking a thread: the future completes when the
+    /// child's pidfd becomes readable (Python has no equivalent; `asyncio` users poll
+    /// `is_alive`). It works under any executor: a reactor thread of the crate waits on the
+    /// descriptors.
+    ///
+    /// Cancellation: dropping the future before the child ended changes nothing; join again
+    /// later.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    ///
+    /// # Examples
+    /// ```
+    /// fn work(n: u64) -> u64 { (1..=n).sum() }
+    ///
+    /// let mut p = multiprocess::Process::new(work, 100);
+    /// p.start()?;
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// block_on(p.join_async())?;
+    /// assert_eq!(p.exitcode(), Some(0));
+    /// assert_eq!(p.join_result()?, 5050);
+    /// # Ok::<(), multiprocess::ProcessError>(())
+    /// ```
+    pub async fn join_async(&mut self) -> Result<(), ProcessError> {
+        let mut interest = crate::sys::reactor::Interest::new();
+        std::future::poll_fn(|cx| {
+            if self.join_timeout(Duration::ZERO)? {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let child = Arc::clone(self.started("join")?);
+            interest.arm(&child.wait_fds(), cx.waker())?;
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Waits at most `timeout` for the child to end (Python's `join(timeout)`); returns whether

@@ -17,6 +17,7 @@ mod python;
 mod raw;
 mod stats;
 mod w10_imap;
+mod w11_async;
 mod w1_spawn;
 mod w2_pingpong;
 mod w3_bulk;
@@ -52,6 +53,7 @@ const WORKLOADS: &[Workload] = &[
     w9_listener::W9A,
     w9_listener::W9A_UNIX,
     w9_listener::W9B,
+    w11_async::W11,
     w8_mpi::W8,
     w8_mpi::W8B,
 ];

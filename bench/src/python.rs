@@ -38,6 +38,16 @@ pub(crate) fn available() -> bool {
     })
 }
 
+/// Whether `python3` can import `module` (an optional peer such as `aiomultiprocess`).
+pub(crate) fn imports(module: &str) -> bool {
+    Command::new(PYTHON)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Runs a `{"samples_ns": [..]}` script; returns the samples in microseconds.
 pub(crate) fn samples_us(script: &str, args: &[String]) -> Result<Vec<f64>> {
     samples_us_with(&[PYTHON], &[], script, args)

@@ -74,7 +74,7 @@ fn square(x: u64) -> u64 {
     x.wrapping_mul(x)
 }
 
-fn trivial(x: u64) -> u64 {
+pub(crate) fn trivial(x: u64) -> u64 {
     x + 1
 }
 

@@ -429,6 +429,14 @@ trait Sink {
 /// Decodes a `T` (with its handles).
 struct AsValue<T>(PhantomData<fn() -> T>);
 
+impl<T> Clone for AsValue<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for AsValue<T> {}
+
 impl<T: DeserializeOwned> Sink for AsValue<T> {
     type Out = T;
     fn inline(self, bytes: &[u8]) -> Result<T, ConnectionError> {
@@ -446,6 +454,7 @@ impl<T: DeserializeOwned> Sink for AsValue<T> {
 }
 
 /// The raw payload and the descriptors that came with it.
+#[derive(Clone, Copy)]
 struct AsFrame;
 
 impl Sink for AsFrame {
@@ -673,6 +682,106 @@ impl Connection {
         timeout: Duration,
     ) -> Result<(Vec<u8>, Vec<OwnedFd>), ConnectionError> {
         self.receive(Wait::after(timeout), AsFrame)
+    }
+
+    /// Receives a serde value without blocking a thread: the future completes when a message
+    /// is in. It works under any executor (tokio, smol, `block_on`): a reactor thread of the
+    /// crate waits on the socket and on the shared ring's doorbell.
+    ///
+    /// Cancellation: dropping the future before it completes loses nothing. A message is
+    /// taken only in the poll that returns it; a large frame read in part stays in this end,
+    /// and the next receive (async or not) continues it.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Connection, Pipe, Process};
+    ///
+    /// fn child(conn: Connection) { conn.send(&"from the child").unwrap(); }
+    ///
+    /// let (parent, child_end) = Pipe::new()?;
+    /// let mut p = Process::new(child, child_end);
+    /// p.start()?;
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// let got: String = block_on(parent.recv_async())?;
+    /// assert_eq!(got, "from the child");
+    /// p.join()?;
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub async fn recv_async<T: DeserializeOwned>(&self) -> Result<T, ConnectionError> {
+        self.receive_async(AsValue(PhantomData)).await
+    }
+
+    /// Receives one message as raw bytes without blocking a thread (see
+    /// [`recv_async`](Self::recv_async)).
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub async fn recv_bytes_async(&self) -> Result<Vec<u8>, ConnectionError> {
+        Ok(self.receive_async(AsFrame).await?.0)
+    }
+
+    /// Sends a serde value from async code.
+    ///
+    /// A send does not wait for the receiver unless the way is full (a message into a full
+    /// shared ring, or a frame larger than the socket's free buffer, while the peer is not
+    /// reading): then this call blocks its thread until the peer reads, as
+    /// [`send`](Self::send) does. The future completes in its first poll, so dropping it
+    /// never leaves half a message: a message is sent whole or not at all.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn send_async<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+    ) -> Result<(), ConnectionError> {
+        self.send(value)
+    }
+
+    /// Sends raw bytes from async code (see [`send_async`](Self::send_async)).
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Self::send_bytes).
+    pub async fn send_bytes_async(&self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        self.send_bytes(bytes)
+    }
+
+    async fn receive_async<S: Sink + Copy>(&self, sink: S) -> Result<S::Out, ConnectionError> {
+        /// Ends a doorbell registration when the future is polled again or dropped.
+        struct Armed<'a>(Option<&'a Fast>);
+        impl Drop for Armed<'_> {
+            fn drop(&mut self) {
+                if let Some(f) = self.0.take() {
+                    f.disarm(true);
+                }
+            }
+        }
+        let mut interest = crate::sys::reactor::Interest::new();
+        let mut armed = Armed(None);
+        std::future::poll_fn(|cx| loop {
+            if let Some(f) = armed.0.take() {
+                f.disarm(true);
+            }
+            match self.receive(Wait::after(Duration::ZERO), sink) {
+                Err(ConnectionError::Timeout) => {}
+                other => return std::task::Poll::Ready(other),
+            }
+            let mut fds = vec![self.fd.as_fd()];
+            if let Some(fast) = &self.fast {
+                if fast.arm() {
+                    continue;
+                }
+                armed.0 = Some(fast);
+                fds.push(fast.inbound_bell());
+            }
+            if let Err(e) = interest.arm(&fds, cx.waker()) {
+                return std::task::Poll::Ready(Err(e.into()));
+            }
+            return std::task::Poll::Pending;
+        })
+        .await
     }
 
     /// Receives one message as raw bytes (Python's `recv_bytes`). Descriptors that came with

@@ -1076,6 +1076,54 @@ where
         }
     }
 
+    /// The next value, awaited: as [`next`](Iterator::next) without blocking a thread (the
+    /// pool's result handler wakes the task). Feeding more input to the pool (reading the
+    /// input iterator, encoding) still happens in this call, as in `next`.
+    ///
+    /// Cancellation: dropping the future before it completes loses no item; the next call
+    /// returns it.
+    ///
+    /// # Examples
+    /// ```
+    /// fn double(x: u32) -> u32 { x * 2 }
+    /// let pool = multiprocess::Pool::new(2)?;
+    /// let mut it = pool.imap(double, 0..3u32);
+    /// let mut got = Vec::new();
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// block_on(async {
+    ///     while let Some(v) = it.next_async().await {
+    ///         got.push(v.unwrap());
+    ///     }
+    /// });
+    /// assert_eq!(got, [0, 2, 4]);
+    /// # Ok::<(), multiprocess::PoolError>(())
+    /// ```
+    pub async fn next_async(&mut self) -> Option<Result<R, PoolError>> {
+        std::future::poll_fn(|cx| self.poll_next_item(cx)).await
+    }
+
+    /// One poll of [`next_async`](Self::next_async) (the `Stream` implementation's too).
+    fn poll_next_item(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<R, PoolError>>> {
+        use std::task::Poll;
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
+        self.feed();
+        if self.exhausted && self.yielded == self.submitted {
+            return Poll::Ready(None);
+        }
+        match self.shared.poll_next(self.yielded, cx) {
+            Poll::Ready(r) => {
+                self.yielded += 1;
+                Poll::Ready(Some(r))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// The next value, waiting at most `timeout` (Python's `next(timeout)`). On timeout,
     /// `Some(Err(e))` with [`PoolError::is_timeout`], and the item is still to come.
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R, PoolError>> {
@@ -1103,6 +1151,24 @@ where
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_until(None)
+    }
+}
+
+/// With the `stream` feature, `imap` and `imap_unordered` are `futures_core::Stream`s.
+#[cfg(feature = "stream")]
+impl<A, R, I> futures_core::Stream for IMap<'_, A, R, I>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+    I: Iterator<Item = A> + Unpin,
+{
+    type Item = Result<R, PoolError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_next_item(cx)
     }
 }
 

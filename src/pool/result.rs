@@ -7,6 +7,7 @@ use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -96,6 +97,16 @@ struct MapState<R> {
     taken: bool,
     on_success: Option<OnSuccess<R>>,
     on_error: Option<OnError>,
+    /// Tasks awaiting this result, woken by the result handler when it finishes.
+    wakers: Vec<Waker>,
+}
+
+/// Keeps `waker` in `wakers` (once: a task polled again with the same waker is not added
+/// twice).
+fn remember(wakers: &mut Vec<Waker>, waker: &Waker) {
+    if !wakers.iter().any(|w| w.will_wake(waker)) {
+        wakers.push(waker.clone());
+    }
 }
 
 /// The shared state of one `map_async` (or `apply_async`: a map of one item).
@@ -123,6 +134,7 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
                 taken: false,
                 on_success,
                 on_error,
+                wakers: Vec::new(),
             }),
             cv: Condvar::new(),
             total,
@@ -277,8 +289,22 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
         let mut st = self.lock();
         st.outcome = Some(outcome);
         st.finished = true;
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         self.cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Whether the result is in; if not, `cx`'s waker is woken when it is.
+    fn poll_finished(&self, cx: &mut Context<'_>) -> bool {
+        let mut st = self.lock();
+        if st.finished {
+            return true;
+        }
+        remember(&mut st.wakers, cx.waker());
+        false
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
@@ -340,6 +366,7 @@ impl<R: DeserializeOwned + Send + 'static> Sink for MapShared<R> {
 
 /// How an `AsyncResult` reads its shared state.
 trait Outcome<T>: Send + Sync {
+    fn poll_finished(&self, cx: &mut Context<'_>) -> bool;
     fn wait_until(&self, deadline: Option<Instant>) -> bool;
     fn take(&self, deadline: Option<Instant>) -> Result<T, PoolError>;
     fn successful(&self) -> Option<bool>;
@@ -348,6 +375,9 @@ trait Outcome<T>: Send + Sync {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Outcome<Vec<R>> for MapShared<R> {
+    fn poll_finished(&self, cx: &mut Context<'_>) -> bool {
+        MapShared::poll_finished(self, cx)
+    }
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         MapShared::wait_until(self, deadline)
     }
@@ -369,6 +399,9 @@ impl<R: DeserializeOwned + Send + 'static> Outcome<Vec<R>> for MapShared<R> {
 struct One<R>(Arc<MapShared<R>>);
 
 impl<R: DeserializeOwned + Send + 'static> Outcome<R> for One<R> {
+    fn poll_finished(&self, cx: &mut Context<'_>) -> bool {
+        self.0.poll_finished(cx)
+    }
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
         self.0.wait_until(deadline)
     }
@@ -420,6 +453,42 @@ pub struct AsyncResult<T> {
     inner: Arc<dyn Outcome<T>>,
     /// The outcome, once [`get_ref`](AsyncResult::get_ref) took it: kept for further reads.
     kept: Option<Result<T, PoolError>>,
+}
+
+/// Awaiting an `AsyncResult` gives what [`get`](AsyncResult::get) gives, without a thread
+/// waiting: the pool's result handler wakes the task when the last item is in. It works
+/// under any executor (tokio, smol, `block_on`).
+///
+/// Cancellation: dropping the future (the `AsyncResult`, or a `select!` branch holding it)
+/// loses nothing that was not already lost by dropping an `AsyncResult`: the work goes on
+/// and its result is dropped. Awaiting `&mut result` and giving up leaves the result to a
+/// later `get` or await.
+///
+/// # Examples
+/// ```
+/// use multiprocess::Pool;
+///
+/// fn cube(x: u64) -> u64 { x * x * x }
+///
+/// let pool = Pool::new(2)?;
+/// let (a, b) = (pool.apply_async(cube, 2), pool.map_async(cube, 0..4));
+/// // Any executor; here the simplest one, made from std alone.
+/// # let block_on = |f| multiprocess::__block_on(f);
+/// let both = block_on(async { (a.await, b.await) });
+/// assert_eq!(both.0?, 8);
+/// assert_eq!(both.1?, [0, 1, 8, 27]);
+/// # Ok::<(), multiprocess::PoolError>(())
+/// ```
+impl<T> std::future::Future for AsyncResult<T> {
+    type Output = Result<T, PoolError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.inner.poll_finished(cx) {
+            Poll::Ready(self.inner.take(None))
+        } else {
+            Poll::Pending
+        }
+    }
 }
 
 impl<T> fmt::Debug for AsyncResult<T> {
@@ -540,6 +609,8 @@ impl<T> AsyncResult<T> {
 struct StreamState<R> {
     /// Ordered: chunks by their first index. Unordered: everything under key 0.
     chunks: BTreeMap<usize, VecDeque<Result<R, PoolError>>>,
+    /// Tasks awaiting the next item.
+    wakers: Vec<Waker>,
 }
 
 /// The shared state of one `imap` or `imap_unordered`.
@@ -555,6 +626,7 @@ impl<R: DeserializeOwned + Send + 'static> StreamShared<R> {
         Arc::new(StreamShared {
             st: Mutex::new(StreamState {
                 chunks: BTreeMap::new(),
+                wakers: Vec::new(),
             }),
             cv: Condvar::new(),
             ordered,
@@ -574,8 +646,28 @@ impl<R: DeserializeOwned + Send + 'static> StreamShared<R> {
             st.chunks.entry(0).or_default().extend(items);
         }
         self.completed.fetch_add(count, Ordering::Relaxed);
+        let wakers = std::mem::take(&mut st.wakers);
         drop(st);
         self.cv.notify_all();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The next result if it is in; if not, `cx`'s waker is woken when something arrives.
+    pub(crate) fn poll_next(
+        &self,
+        next: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<R, PoolError>> {
+        let mut st = self.lock();
+        match self.pop(&mut st, next) {
+            Some(v) => Poll::Ready(v),
+            None => {
+                remember(&mut st.wakers, cx.waker());
+                Poll::Pending
+            }
+        }
     }
 
     /// The next result: item `next` (ordered) or any (unordered). `None` on timeout.

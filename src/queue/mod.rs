@@ -38,7 +38,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -323,6 +323,22 @@ struct Shared {
     /// The descriptor socket: everyone sends on `tx` and receives on `rx`.
     tx: TrackedFd,
     rx: TrackedFd,
+    /// The doorbell of async waiters (an eventfd shared by every holder of the queue), rung
+    /// with a wake only when a waiter registered.
+    bell: TrackedFd,
+}
+
+impl Shared {
+    fn new(ring: Ring, tx: OwnedFd, rx: OwnedFd, bell: OwnedFd) -> Shared {
+        let bell = TrackedFd::new(bell);
+        ring.set_bell(bell.as_fd().as_raw_fd());
+        Shared {
+            ring,
+            tx: TrackedFd::new(tx),
+            rx: TrackedFd::new(rx),
+            bell,
+        }
+    }
 }
 
 /// A FIFO queue between processes, like Python's `multiprocessing.Queue`.
@@ -450,12 +466,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         let _birth = handle::birth();
         let ring = Ring::create(bytes, maxsize)?;
         let (tx, rx) = ipc::dgram_pair()?;
+        let bell = crate::sys::doorbell::new()?;
         Ok(Queue {
-            shared: Arc::new(Shared {
-                ring,
-                tx: TrackedFd::new(tx),
-                rx: TrackedFd::new(rx),
-            }),
+            shared: Arc::new(Shared::new(ring, tx, rx, bell)),
             _t: PhantomData,
         })
     }
@@ -684,6 +697,95 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// ```
     pub fn get_nowait(&self) -> Result<T, GetError> {
         self.get_with(Wait::Now)
+    }
+
+    /// Takes the first item without blocking a thread: the future completes when an item
+    /// comes (or the queue is closed and empty). It works under any executor: a reactor
+    /// thread of the crate waits on the queue's doorbell, an eventfd that a producer rings
+    /// only when an async consumer waits, so synchronous users pay nothing for it.
+    ///
+    /// Cancellation: dropping the future before it completes loses nothing; an item is taken
+    /// only in the poll that returns it.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Process, Queue};
+    ///
+    /// fn produce(q: Queue<u32>) { q.put(7).unwrap(); }
+    ///
+    /// let q = Queue::new(0)?;
+    /// let mut p = Process::new(produce, q.clone());
+    /// p.start()?;
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// assert_eq!(block_on(q.get_async())?, 7);
+    /// p.join()?;
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
+    pub async fn get_async(&self) -> Result<T, GetError> {
+        let mut interest = crate::sys::reactor::Interest::new();
+        std::future::poll_fn(|cx| {
+            let mut registered = false;
+            loop {
+                match self.get_nowait() {
+                    Err(GetError::Empty) => {}
+                    other => return std::task::Poll::Ready(other),
+                }
+                if registered {
+                    break;
+                }
+                // Nothing: forget rings meant for items already taken, register, look again.
+                crate::sys::doorbell::drain(self.shared.bell.as_fd());
+                self.shared.ring.register_async(true);
+                registered = true;
+            }
+            match interest.arm(&[self.shared.bell.as_fd()], cx.waker()) {
+                Ok(()) => std::task::Poll::Pending,
+                Err(e) => std::task::Poll::Ready(Err(GetError::Io(e))),
+            }
+        })
+        .await
+    }
+
+    /// Puts an item without blocking a thread while the queue is full (see
+    /// [`get_async`](Self::get_async)).
+    ///
+    /// Cancellation: dropping the future before it completes drops the item, which was not
+    /// put; the queue is unchanged.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn put_async(&self, value: T) -> Result<(), PutError<T>> {
+        let mut interest = crate::sys::reactor::Interest::new();
+        let mut value = Some(value);
+        std::future::poll_fn(|cx| {
+            let mut registered = false;
+            loop {
+                let Some(v) = value.take() else {
+                    return std::task::Poll::Ready(Ok(()));
+                };
+                match self.put_nowait(v) {
+                    Err(PutError::Full(v)) => value = Some(v),
+                    other => return std::task::Poll::Ready(other),
+                }
+                if registered {
+                    break;
+                }
+                crate::sys::doorbell::drain(self.shared.bell.as_fd());
+                self.shared.ring.register_async(false);
+                registered = true;
+            }
+            match interest.arm(&[self.shared.bell.as_fd()], cx.waker()) {
+                Ok(()) => std::task::Poll::Pending,
+                Err(e) => match value.take() {
+                    Some(v) => std::task::Poll::Ready(Err(PutError::Io(v, e))),
+                    None => std::task::Poll::Ready(Ok(())),
+                },
+            }
+        })
+        .await
     }
 
     /// A blocking iterator: yields messages until the queue is closed and empty (or a `get`
@@ -919,10 +1021,11 @@ impl<T> Serialize for Queue<T> {
                 handle::serialize_borrowed(self.0, serializer)
             }
         }
-        let mut t = serializer.serialize_tuple(3)?;
+        let mut t = serializer.serialize_tuple(4)?;
         t.serialize_element(self.shared.ring.region())?;
         t.serialize_element(&Fd(self.shared.tx.as_fd()))?;
         t.serialize_element(&Fd(self.shared.rx.as_fd()))?;
+        t.serialize_element(&Fd(self.shared.bell.as_fd()))?;
         t.end()
     }
 }
@@ -934,15 +1037,12 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             Region,
             #[serde(with = "handle::fd")] OwnedFd,
             #[serde(with = "handle::fd")] OwnedFd,
+            #[serde(with = "handle::fd")] OwnedFd,
         );
-        let Wire(region, tx, rx) = Wire::deserialize(deserializer)?;
+        let Wire(region, tx, rx, bell) = Wire::deserialize(deserializer)?;
         let ring = Ring::open(region).map_err(serde::de::Error::custom)?;
         Ok(Queue {
-            shared: Arc::new(Shared {
-                ring,
-                tx: TrackedFd::new(tx),
-                rx: TrackedFd::new(rx),
-            }),
+            shared: Arc::new(Shared::new(ring, tx, rx, bell)),
             _t: PhantomData,
         })
     }
@@ -1060,6 +1160,22 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
     /// ```
     pub fn get(&self) -> Result<T, GetError> {
         self.0.get()
+    }
+
+    /// Takes the first item without blocking a thread (see [`Queue::get_async`]).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub async fn get_async(&self) -> Result<T, GetError> {
+        self.0.get_async().await
+    }
+
+    /// Puts an item from async code (see [`Queue::put_async`]).
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub async fn put_async(&self, value: T) -> Result<(), PutError<T>> {
+        self.0.put_async(value).await
     }
 
     /// Whether the queue holds no message (Python's `empty`).

@@ -135,7 +135,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -235,13 +235,36 @@ fn notify(word: &AtomicU32) {
 }
 
 #[cold]
-fn wake_all(word: &AtomicU32, v: u32) {
+fn wake_all(word: &AtomicU32, v: u32) -> bool {
     if word
         .compare_exchange(v, v.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
         .is_ok()
     {
         futex_wake(word, i32::MAX as u32);
+        return true;
     }
+    false
+}
+
+/// [`notify`] for the `not_empty` and `not_full` event counts, on which async waiters register
+/// too: they sleep in `epoll` on the queue's doorbell (an eventfd, this process's descriptor
+/// `bell`, or -1), which is rung with the wake, only when someone registered (bit 0), so a
+/// put or get with nobody waiting costs what it did.
+#[inline]
+fn notify_rung(word: &AtomicU32, bell: RawFd) {
+    let v = word.load(Ordering::SeqCst);
+    if v & 1 != 0 && wake_all(word, v) && bell >= 0 {
+        ring_bell(bell);
+    }
+}
+
+#[cold]
+fn ring_bell(bell: RawFd) {
+    // SAFETY: `bell` is the descriptor of the queue's doorbell held by the `Queue` handle that
+    // owns this ring (set by `set_bell`, open as long as the handle, which outlives every
+    // operation on its ring).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(bell) };
+    crate::sys::doorbell::ring(fd);
 }
 
 /// Spins `looks` times [`POLL_PAUSES`] pauses, looking whether `done` after each (the caller
@@ -399,6 +422,8 @@ pub(crate) struct Ring {
     region: Region,
     cap: u32,
     maxsize: u32,
+    /// This process's descriptor of the queue's doorbell, for async waiters (-1: none yet).
+    bell: std::sync::atomic::AtomicI32,
 }
 
 /// A lock word (the owner's identity, see [`owner`]; 0 when free) and the event count its
@@ -414,12 +439,14 @@ struct Held<'a> {
     lock: LockRef<'a>,
     /// The other side's wake word, notified after the release.
     wake: &'a AtomicU32,
+    /// This process's descriptor of the queue's doorbell (-1: none).
+    bell: RawFd,
 }
 
 impl Drop for Held<'_> {
     #[inline]
     fn drop(&mut self) {
-        release(self.lock, self.wake);
+        release(self.lock, self.wake, self.bell);
     }
 }
 
@@ -432,10 +459,10 @@ impl Drop for Held<'_> {
 /// release or the fence's load sees its registration. A put or get thus costs two full
 /// barriers (the lock's compare-and-swap and this fence) instead of three.
 #[inline]
-fn release(lock: LockRef, wake: &AtomicU32) {
+fn release(lock: LockRef, wake: &AtomicU32, bell: RawFd) {
     lock.word.store(0, Ordering::Release);
     fence(Ordering::SeqCst);
-    notify(wake);
+    notify_rung(wake, bell);
     notify(lock.waiters);
 }
 
@@ -510,6 +537,7 @@ impl Ring {
             region,
             cap: cap as u32,
             maxsize,
+            bell: std::sync::atomic::AtomicI32::new(-1),
         };
         let m = &ring.hdr().meta;
         m.capacity.store(cap as u32, Ordering::Relaxed);
@@ -547,6 +575,7 @@ impl Ring {
             region,
             cap,
             maxsize,
+            bell: std::sync::atomic::AtomicI32::new(-1),
         })
     }
 
@@ -568,6 +597,31 @@ impl Ring {
             word: &c.lock,
             waiters: &c.lock_waiters,
         }
+    }
+
+    /// This process's doorbell descriptor (-1: none).
+    #[inline]
+    fn bell(&self) -> RawFd {
+        self.bell.load(Ordering::Relaxed)
+    }
+
+    /// Gives the ring this process's descriptor of the queue's doorbell (kept open by the
+    /// caller as long as the ring).
+    pub(crate) fn set_bell(&self, fd: RawFd) {
+        self.bell.store(fd, Ordering::Relaxed);
+    }
+
+    /// Registers an async waiter for items (`items`) or for room: the next put (or get)
+    /// wakes the event count and rings the doorbell. The caller then looks again before
+    /// waiting (see the module docs' wake protocol).
+    pub(crate) fn register_async(&self, items: bool) {
+        let h = self.hdr();
+        let word = if items {
+            &h.not_empty.word
+        } else {
+            &h.not_full.word
+        };
+        word.fetch_or(1, Ordering::SeqCst);
     }
 
     fn hdr(&self) -> &Header {
@@ -708,6 +762,7 @@ impl Ring {
             let held = Held {
                 lock: self.prod_lock(),
                 wake: &h.not_empty.word,
+                bell: self.bell(),
             };
             let (tail, puts) = split(h.tail_puts.0.load(Ordering::Relaxed));
             if h.meta.closed.load(Ordering::Acquire) == 0
@@ -763,7 +818,7 @@ impl Ring {
     fn publish(&self, tail: u32, puts: u32) {
         self.publish_quiet(tail, puts);
         fence(Ordering::SeqCst);
-        notify(&self.hdr().not_empty.word);
+        notify_rung(&self.hdr().not_empty.word, self.bell());
     }
 
     /// Publishes a new tail without waking anyone: the release of the lock that follows does
@@ -885,6 +940,7 @@ impl Ring {
         let _held = Held {
             lock: self.prod_lock(),
             wake: &h.not_empty.word,
+            bell: self.bell(),
         };
         if h.meta.closed.load(Ordering::Acquire) != 0 {
             return Err(self.closed_fail());
@@ -994,7 +1050,7 @@ impl Ring {
     fn advance(&self, head: u32, gets: u32) {
         self.advance_quiet(head, gets);
         fence(Ordering::SeqCst);
-        notify(&self.hdr().not_full.word);
+        notify_rung(&self.hdr().not_full.word, self.bell());
     }
 
     /// Moves the head without waking anyone: the release of the lock that follows does.
@@ -1078,6 +1134,7 @@ impl Ring {
         let _held = Held {
             lock: self.cons_lock(),
             wake: &h.not_full.word,
+            bell: self.bell(),
         };
         let (head, gets) = split(h.head_gets.0.load(Ordering::Relaxed));
         let (tp, fresh) = self.known_tail(head);
@@ -1127,6 +1184,7 @@ impl Ring {
             let held = Held {
                 lock: self.cons_lock(),
                 wake: &h.not_full.word,
+                bell: self.bell(),
             };
             // A consumer reads a streamed message holding the lock to its end, so a `READING`
             // found on taking the lock was left by a consumer that died (or written by another
@@ -1227,7 +1285,7 @@ impl Ring {
             h.meta.recovered.fetch_add(1, Ordering::Relaxed);
         }
         h.prod.streaming.store(0, Ordering::Release);
-        release(self.prod_lock(), &h.not_empty.word);
+        release(self.prod_lock(), &h.not_empty.word, self.bell());
         true
     }
 
@@ -1543,7 +1601,7 @@ impl Ring {
                     &mut Small::new(),
                 )?;
                 fence(Ordering::SeqCst);
-                notify(&h.not_full.word);
+                notify_rung(&h.not_full.word, self.bell());
                 return Ok(());
             }
             let _ = self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK));

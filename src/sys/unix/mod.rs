@@ -7,6 +7,7 @@ pub(crate) mod ipc;
 pub(crate) mod named_shm;
 pub(crate) mod net;
 pub(crate) mod process;
+pub(crate) mod reactor;
 #[allow(dead_code)] // used by the queue and sync modules
 pub(crate) mod shm;
 pub(crate) mod socket;

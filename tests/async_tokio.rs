@@ -1,0 +1,304 @@
+//! Awaiting processes, pool results, messages and queue items under tokio's multi-thread
+//! runtime (and one plain executor): many at once, cancellation, killed workers.
+
+mod common;
+use common::*;
+use multiprocess::{Connection, Pipe, Pool, PoolErrorKind, Process, Queue};
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+fn slow(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn die(_: ()) -> u64 {
+    std::process::abort()
+}
+
+#[test]
+fn many_concurrent_awaits_of_pool_results() {
+    deadline(120, || {
+        let pool = Pool::new(2).unwrap();
+        rt().block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..2000u64 {
+                let r = pool.apply_async(square, i);
+                tasks.push(tokio::spawn(r));
+            }
+            for (i, t) in tasks.into_iter().enumerate() {
+                let v = tokio::time::timeout(Duration::from_secs(60), t)
+                    .await
+                    .expect("an await hung")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(v, (i * i) as u64);
+            }
+            let all = pool.map_async(square, 0..1000u64).await.unwrap();
+            assert_eq!(all[999], 998_001);
+        });
+    });
+}
+
+#[test]
+fn cancelled_awaits_lose_nothing() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        rt().block_on(async {
+            let mut r = pool.apply_async(slow, 300);
+            // A select that the timer wins: the result is still to come.
+            tokio::select! {
+                v = &mut r => panic!("the slow task finished first: {v:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            assert!(tokio::time::timeout(Duration::from_millis(10), &mut r)
+                .await
+                .is_err());
+            assert_eq!(r.await.unwrap(), 300);
+        });
+    });
+}
+
+#[test]
+fn a_worker_killed_while_awaited_gives_the_error() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        rt().block_on(async {
+            let e = tokio::time::timeout(Duration::from_secs(30), pool.apply_async(die, ()))
+                .await
+                .expect("the await hung")
+                .unwrap_err();
+            assert_eq!(e.kind(), PoolErrorKind::WorkerLost, "{e}");
+            // The pool goes on.
+            assert_eq!(pool.apply_async(square, 3).await.unwrap(), 9);
+        });
+    });
+}
+
+#[test]
+fn join_async_sees_the_exit_under_every_method() {
+    deadline(60, || {
+        rt().block_on(async {
+            for m in METHODS {
+                let mut p = Process::builder().start_method(m).target(slow, 100);
+                p.start().unwrap();
+                tokio::time::timeout(Duration::from_secs(20), p.join_async())
+                    .await
+                    .expect("join_async hung")
+                    .unwrap();
+                assert_eq!(p.exitcode(), Some(0), "{m}");
+                assert_eq!(p.join_result().unwrap(), 100);
+                // A killed child.
+                let mut p = Process::builder().start_method(m).target(slow, 60_000);
+                p.start().unwrap();
+                let joined = tokio::time::timeout(Duration::from_millis(300), p.join_async()).await;
+                assert!(
+                    joined.is_err(),
+                    "{m}: the child should still run: {joined:?}"
+                );
+                p.kill().unwrap();
+                tokio::time::timeout(Duration::from_secs(20), p.join_async())
+                    .await
+                    .expect("join_async hung after kill")
+                    .unwrap();
+                assert_eq!(p.exitcode(), Some(-9));
+            }
+        });
+    });
+}
+
+fn send_later((conn, ms, n): (Connection, u64, u32)) {
+    for i in 0..n {
+        std::thread::sleep(Duration::from_millis(ms));
+        conn.send(&i).unwrap();
+    }
+    let big = vec![7u8; 1 << 20];
+    conn.send_bytes(&big).unwrap();
+}
+
+#[test]
+fn recv_async_and_cancellation() {
+    deadline(60, || {
+        rt().block_on(async {
+            let (a, b) = Pipe::new().unwrap();
+            let mut p = Process::new(send_later, (b, 30, 5));
+            p.start().unwrap();
+            // Timeouts that give up before a message: nothing is lost.
+            let mut got = Vec::new();
+            while got.len() < 5 {
+                match tokio::time::timeout(Duration::from_millis(7), a.recv_async::<u32>()).await {
+                    Ok(v) => got.push(v.unwrap()),
+                    Err(_) => continue,
+                }
+            }
+            assert_eq!(got, [0, 1, 2, 3, 4]);
+            // A large frame through the socket, awaited.
+            let big = tokio::time::timeout(Duration::from_secs(20), a.recv_bytes_async())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(big.len(), 1 << 20);
+            p.join_async().await.unwrap();
+            // End of file is an error, not a hang.
+            let e = tokio::time::timeout(Duration::from_secs(10), a.recv_async::<u32>())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert!(e.is_eof(), "{e}");
+
+            // Many connections awaited at once, each by its own task.
+            let mut pairs = Vec::new();
+            let mut children = Vec::new();
+            for _ in 0..8 {
+                let (a, b) = Pipe::new().unwrap();
+                let mut p = Process::new(send_later, (b, 10, 3));
+                p.start().unwrap();
+                children.push(p);
+                pairs.push(a);
+            }
+            let mut tasks = Vec::new();
+            for a in pairs {
+                tasks.push(tokio::spawn(async move {
+                    let mut s = 0;
+                    for _ in 0..3 {
+                        s += a.recv_async::<u32>().await.unwrap();
+                    }
+                    a.recv_bytes_async().await.unwrap();
+                    s
+                }));
+            }
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), 3);
+            }
+            for mut p in children {
+                p.join_async().await.unwrap();
+            }
+        });
+    });
+}
+
+fn produce((q, n, ms): (Queue<u64>, u64, u64)) {
+    for i in 0..n {
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        q.put(i).unwrap();
+    }
+}
+
+fn consume((q, n): (Queue<u64>, u64)) -> u64 {
+    (0..n).map(|_| q.get().unwrap()).sum()
+}
+
+#[test]
+fn queue_get_async_and_put_async() {
+    deadline(90, || {
+        rt().block_on(async {
+            // Async consumers, producers in children under every start method.
+            let q: Queue<u64> = Queue::new(0).unwrap();
+            let mut producers = Vec::new();
+            for m in METHODS {
+                let mut p = Process::builder()
+                    .start_method(m)
+                    .target(produce, (q.clone(), 200, 0));
+                p.start().unwrap();
+                producers.push(p);
+            }
+            let mut tasks = Vec::new();
+            for _ in 0..6 {
+                let q = q.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut sum = 0;
+                    for _ in 0..100 {
+                        sum += q.get_async().await.unwrap();
+                    }
+                    sum
+                }));
+            }
+            let mut total = 0;
+            for t in tasks {
+                total += tokio::time::timeout(Duration::from_secs(60), t)
+                    .await
+                    .expect("an async get hung")
+                    .unwrap();
+            }
+            assert_eq!(total, 3 * (0..200).sum::<u64>());
+            for mut p in producers {
+                p.join_async().await.unwrap();
+            }
+
+            // A cancelled get takes nothing.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(30), q.get_async())
+                    .await
+                    .is_err()
+            );
+            let mut p = Process::new(produce, (q.clone(), 1, 50));
+            p.start().unwrap();
+            assert_eq!(q.get_async().await.unwrap(), 0);
+            p.join_async().await.unwrap();
+
+            // put_async waits for room, which a consumer child makes.
+            let small: Queue<u64> = Queue::new(2).unwrap();
+            small.put(100).unwrap();
+            small.put(100).unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(30), small.put_async(1))
+                    .await
+                    .is_err()
+            );
+            let mut c = Process::new(consume, (small.clone(), 12));
+            c.start().unwrap();
+            for i in 0..10 {
+                tokio::time::timeout(Duration::from_secs(20), small.put_async(i))
+                    .await
+                    .expect("put_async hung")
+                    .unwrap();
+            }
+            c.join_async().await.unwrap();
+            assert_eq!(c.join_result().unwrap(), 200 + 45);
+        });
+    });
+}
+
+#[test]
+fn imap_next_async() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        rt().block_on(async {
+            let mut it = pool.imap(square, 0..100u64);
+            let mut got = Vec::new();
+            while let Some(v) = it.next_async().await {
+                got.push(v.unwrap());
+            }
+            assert_eq!(got, (0..100).map(|x| x * x).collect::<Vec<_>>());
+        });
+    });
+}
+
+#[test]
+fn works_without_tokio() {
+    deadline(60, || {
+        let pool = Pool::new(2).unwrap();
+        let q: Queue<u64> = Queue::new(0).unwrap();
+        let mut p = Process::new(produce, (q.clone(), 3, 20));
+        p.start().unwrap();
+        let (a, b) = multiprocess::__block_on(async {
+            (pool.apply_async(square, 12).await, q.get_async().await)
+        });
+        assert_eq!(a.unwrap(), 144);
+        assert_eq!(b.unwrap(), 0);
+        multiprocess::__block_on(p.join_async()).unwrap();
+    });
+}
