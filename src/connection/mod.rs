@@ -359,6 +359,9 @@ struct RecvState {
     /// The frame being read lost its descriptors: (announced, arrived). Its payload is read
     /// and dropped, and the message reported as lost.
     handles_lost: Option<(usize, usize)>,
+    /// Whether the socket can carry descriptors (Unix), found on the first header read of a
+    /// connection in CPython's framing: a TCP one reads headers with plain `read`.
+    carries_fds: Option<bool>,
 }
 
 impl RecvState {
@@ -1121,15 +1124,26 @@ impl Connection {
                 header_got,
                 fds,
                 fds_truncated,
+                carries_fds: st_carries,
                 ..
             } = st;
-            let n = match socket::recv_some(
-                self.fd.as_fd(),
-                &mut header[*header_got..need],
-                fds,
-                matches!(wait, Wait::Until(_)),
-                fds_truncated,
-            ) {
+            let plain = self.framing == Framing::Python
+                && !*st_carries.get_or_insert_with(|| socket::is_unix(self.fd.as_fd()));
+            let n = match if plain {
+                socket::recv_plain(
+                    self.fd.as_fd(),
+                    &mut header[*header_got..need],
+                    matches!(wait, Wait::Until(_)),
+                )
+            } else {
+                socket::recv_some(
+                    self.fd.as_fd(),
+                    &mut header[*header_got..need],
+                    fds,
+                    matches!(wait, Wait::Until(_)),
+                    fds_truncated,
+                )
+            } {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),

@@ -128,6 +128,21 @@ pub(crate) fn recv_some(
     Ok(msg.bytes)
 }
 
+/// `recv` into `buf` from a socket that carries no descriptors (TCP); `Ok(0)` is end of
+/// stream. With `nonblocking`, `WouldBlock` when nothing is there.
+pub(crate) fn recv_plain(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<usize> {
+    let flags = if nonblocking {
+        RecvFlags::DONTWAIT
+    } else {
+        RecvFlags::empty()
+    };
+    Ok(retry(|| rustix::net::recv(fd, &mut *buf, flags))?.0)
+}
+
 /// Plain `read` into `buf` (no descriptors expected). `Ok(0)` is end of stream.
 pub(crate) fn read_some(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry(|| rustix::io::read(fd, &mut *buf))
