@@ -459,6 +459,20 @@ c.send_bytes(b'x' * 100000)
 print(c.recv_bytes().decode(), flush=True)
 "#;
 
+/// A Python listener on `family` ("tcp": a free port; "unix": `path`), and its address.
+fn python_listener(family: &str, path: &std::path::Path) -> (Py, Address) {
+    let mut py = Py::start(PY_LISTENER, &[family, "sesame", path.to_str().unwrap()]);
+    let first = py.first_line();
+    let address = if family == "tcp" {
+        ("127.0.0.1", first.parse::<u16>().unwrap())
+            .to_address()
+            .unwrap()
+    } else {
+        path.to_address().unwrap()
+    };
+    (py, address)
+}
+
 #[test]
 fn rust_client_against_python_listener() {
     deadline(60, || {
@@ -468,16 +482,7 @@ fn rust_client_against_python_listener() {
         for family in ["tcp", "unix"] {
             let path = std::env::temp_dir().join(format!("mp-py-{}-{family}", std::process::id()));
             let _ = std::fs::remove_file(&path);
-            let path_s = path.to_str().unwrap().to_string();
-            let mut py = Py::start(PY_LISTENER, &[family, "sesame", &path_s]);
-            let first = py.first_line();
-            let address: Address = if family == "tcp" {
-                ("127.0.0.1", first.parse::<u16>().unwrap())
-                    .to_address()
-                    .unwrap()
-            } else {
-                path.to_address().unwrap()
-            };
+            let (py, address) = python_listener(family, &path);
             let conn = Client::builder()
                 .authkey(b"sesame")
                 .connect(&address)
@@ -490,15 +495,7 @@ fn rust_client_against_python_listener() {
             assert!(ok && out.contains("OK"), "{family}: {out} {err}");
 
             // A wrong key: refused at both ends, with Python's words on its side.
-            let mut py = Py::start(PY_LISTENER, &[family, "sesame", &path_s]);
-            let first = py.first_line();
-            let address: Address = if family == "tcp" {
-                ("127.0.0.1", first.parse::<u16>().unwrap())
-                    .to_address()
-                    .unwrap()
-            } else {
-                path.to_address().unwrap()
-            };
+            let (py, address) = python_listener(family, &path);
             let e = Client::builder()
                 .authkey(b"wrong")
                 .connect(&address)

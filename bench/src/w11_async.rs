@@ -60,24 +60,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// A tokio task per result (`tokio::spawn` of each `AsyncResult`): tokio's cost of scheduling
-/// each task from the pool's result thread is in this one.
-fn awaited_spawned(tasks: usize) -> Result<f64> {
-    let pool = Pool::new(PROCESSES)?;
-    let rt = runtime()?;
+/// Two rounds of `round` (which returns the sum of the results); tasks per second of the
+/// second.
+fn rounds(tasks: usize, mut round: impl FnMut() -> Result<u64>) -> Result<f64> {
     let mut elapsed = 0.0;
     for _ in 0..2 {
         let start = Instant::now();
-        let sum = rt.block_on(async {
-            let handles: Vec<_> = (0..tasks as u64)
-                .map(|i| tokio::spawn(pool.apply_async(trivial, i)))
-                .collect();
-            let mut sum = 0u64;
-            for h in handles {
-                sum += h.await.map_err(|e| e.to_string())??;
-            }
-            Ok::<u64, crate::Error>(sum)
-        })?;
+        let sum = round()?;
         elapsed = start.elapsed().as_secs_f64();
         let n = tasks as u64;
         if sum != n * (n + 1) / 2 {
@@ -85,6 +74,17 @@ fn awaited_spawned(tasks: usize) -> Result<f64> {
         }
     }
     Ok(tasks as f64 / elapsed)
+}
+
+/// Sums what `handles` (tokio join handles of results) give.
+async fn sum_joined<E: Into<crate::Error>>(
+    handles: Vec<tokio::task::JoinHandle<std::result::Result<u64, E>>>,
+) -> Result<u64> {
+    let mut sum = 0u64;
+    for h in handles {
+        sum += h.await.map_err(|e| e.to_string())?.map_err(Into::into)?;
+    }
+    Ok(sum)
 }
 
 /// The awaits gathered in one task (`FuturesUnordered`), as Python's `asyncio.gather` does.
@@ -92,10 +92,8 @@ fn awaited(tasks: usize) -> Result<f64> {
     use futures_util::StreamExt;
     let pool = Pool::new(PROCESSES)?;
     let rt = runtime()?;
-    let mut elapsed = 0.0;
-    for _ in 0..2 {
-        let start = Instant::now();
-        let sum = rt.block_on(async {
+    rounds(tasks, || {
+        rt.block_on(async {
             let mut all: futures_util::stream::FuturesUnordered<_> = (0..tasks as u64)
                 .map(|i| pool.apply_async(trivial, i))
                 .collect();
@@ -103,43 +101,39 @@ fn awaited(tasks: usize) -> Result<f64> {
             while let Some(r) = all.next().await {
                 sum += r?;
             }
-            Ok::<u64, crate::Error>(sum)
-        })?;
-        elapsed = start.elapsed().as_secs_f64();
-        let n = tasks as u64;
-        if sum != n * (n + 1) / 2 {
-            return Err("W11: wrong sum".into());
-        }
-    }
-    Ok(tasks as f64 / elapsed)
+            Ok(sum)
+        })
+    })
+}
+
+/// A tokio task per result (`tokio::spawn` of each `AsyncResult`): tokio's cost of scheduling
+/// each task from the pool's result thread is in this one.
+fn awaited_spawned(tasks: usize) -> Result<f64> {
+    let pool = Pool::new(PROCESSES)?;
+    let rt = runtime()?;
+    rounds(tasks, || {
+        rt.block_on(sum_joined(
+            (0..tasks as u64)
+                .map(|i| tokio::spawn(pool.apply_async(trivial, i)))
+                .collect(),
+        ))
+    })
 }
 
 fn spawn_blocking(tasks: usize) -> Result<f64> {
     let pool = Pool::new(PROCESSES)?;
     let rt = runtime()?;
-    let mut elapsed = 0.0;
-    for _ in 0..2 {
-        let start = Instant::now();
-        let sum = rt.block_on(async {
-            let handles: Vec<_> = (0..tasks as u64)
+    rounds(tasks, || {
+        let _guard = rt.enter();
+        rt.block_on(sum_joined(
+            (0..tasks as u64)
                 .map(|i| {
                     let mut r = pool.apply_async(trivial, i);
                     tokio::task::spawn_blocking(move || r.get())
                 })
-                .collect();
-            let mut sum = 0u64;
-            for h in handles {
-                sum += h.await.map_err(|e| e.to_string())??;
-            }
-            Ok::<u64, crate::Error>(sum)
-        })?;
-        elapsed = start.elapsed().as_secs_f64();
-        let n = tasks as u64;
-        if sum != n * (n + 1) / 2 {
-            return Err("W11: wrong sum".into());
-        }
-    }
-    Ok(tasks as f64 / elapsed)
+                .collect(),
+        ))
+    })
 }
 
 /// argv: tasks. Prints {"bytes": tasks, "elapsed_ns": ...} of the second round.

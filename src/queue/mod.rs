@@ -725,28 +725,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Ok::<(), multiprocess::Error>(())
     /// ```
     pub async fn get_async(&self) -> Result<T, GetError> {
-        let mut interest = crate::sys::reactor::Interest::new();
-        std::future::poll_fn(|cx| {
-            let mut registered = false;
-            loop {
-                match self.get_nowait() {
-                    Err(GetError::Empty) => {}
-                    other => return std::task::Poll::Ready(other),
-                }
-                if registered {
-                    break;
-                }
-                // Nothing: forget rings meant for items already taken, register, look again.
-                crate::sys::doorbell::drain(self.shared.bell.as_fd());
-                self.shared.ring.register_async(true);
-                registered = true;
-            }
-            match interest.arm(&[self.shared.bell.as_fd()], cx.waker()) {
-                Ok(()) => std::task::Poll::Pending,
-                Err(e) => std::task::Poll::Ready(Err(GetError::Io(e))),
-            }
+        self.until_async(true, || match self.get_nowait() {
+            Err(GetError::Empty) => None,
+            other => Some(other),
         })
         .await
+        .unwrap_or_else(|e| Err(GetError::Io(e)))
     }
 
     /// Puts an item without blocking a thread while the queue is full (see
@@ -758,31 +742,48 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// # Errors
     /// As [`put`](Self::put).
     pub async fn put_async(&self, value: T) -> Result<(), PutError<T>> {
-        let mut interest = crate::sys::reactor::Interest::new();
         let mut value = Some(value);
-        std::future::poll_fn(|cx| {
-            let mut registered = false;
-            loop {
-                let Some(v) = value.take() else {
-                    return std::task::Poll::Ready(Ok(()));
-                };
+        let done = self
+            .until_async(false, || {
+                let v = value.take()?;
                 match self.put_nowait(v) {
-                    Err(PutError::Full(v)) => value = Some(v),
-                    other => return std::task::Poll::Ready(other),
+                    Err(PutError::Full(v)) => {
+                        value = Some(v);
+                        None
+                    }
+                    other => Some(other),
                 }
-                if registered {
-                    break;
-                }
-                crate::sys::doorbell::drain(self.shared.bell.as_fd());
-                self.shared.ring.register_async(false);
-                registered = true;
+            })
+            .await;
+        match (done, value) {
+            (Ok(r), _) => r,
+            (Err(e), Some(v)) => Err(PutError::Io(v, e)),
+            (Err(_), None) => Ok(()),
+        }
+    }
+
+    /// Runs `attempt` until it gives an outcome, waiting on the queue's doorbell between
+    /// tries: after an empty-handed try, drains the doorbell (rings meant for items others
+    /// took), registers on the ring's event count for items (`items`) or for room, and tries
+    /// again before waiting, so no ring is missed. `Err` only when the reactor fails.
+    async fn until_async<R>(
+        &self,
+        items: bool,
+        mut attempt: impl FnMut() -> Option<R>,
+    ) -> io::Result<R> {
+        let mut interest = crate::sys::reactor::Interest::new();
+        std::future::poll_fn(|cx| {
+            if let Some(r) = attempt() {
+                return std::task::Poll::Ready(Ok(r));
+            }
+            crate::sys::doorbell::drain(self.shared.bell.as_fd());
+            self.shared.ring.register_async(items);
+            if let Some(r) = attempt() {
+                return std::task::Poll::Ready(Ok(r));
             }
             match interest.arm(&[self.shared.bell.as_fd()], cx.waker()) {
                 Ok(()) => std::task::Poll::Pending,
-                Err(e) => match value.take() {
-                    Some(v) => std::task::Poll::Ready(Err(PutError::Io(v, e))),
-                    None => std::task::Poll::Ready(Ok(())),
-                },
+                Err(e) => std::task::Poll::Ready(Err(e)),
             }
         })
         .await
