@@ -112,6 +112,7 @@ fn awaited_spawned(tasks: usize) -> Result<f64> {
     let pool = Pool::new(PROCESSES)?;
     let rt = runtime()?;
     rounds(tasks, || {
+        let _in_runtime = rt.enter();
         rt.block_on(sum_joined(
             (0..tasks as u64)
                 .map(|i| tokio::spawn(pool.apply_async(trivial, i)))
@@ -124,7 +125,7 @@ fn spawn_blocking(tasks: usize) -> Result<f64> {
     let pool = Pool::new(PROCESSES)?;
     let rt = runtime()?;
     rounds(tasks, || {
-        let _guard = rt.enter();
+        let _in_runtime = rt.enter();
         rt.block_on(sum_joined(
             (0..tasks as u64)
                 .map(|i| {
