@@ -129,6 +129,17 @@ fn check_shape(p: &[u8]) -> Result<(), String> {
         *at += n + 1;
         Ok(&rest[..n])
     };
+    // The memo index of PUT/GET (a decimal line), BINPUT/BINGET (1 byte), LONG_* (4 bytes).
+    let memo_key = |at: &mut usize, op: u8| -> Result<u64, String> {
+        match op {
+            b'p' | b'g' => std::str::from_utf8(line(at)?)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(malformed),
+            b'q' | b'h' => Ok(le(take(at, 1)?)),
+            _ => Ok(le(take(at, 4)?)),
+        }
+    };
     let nest = |into: &mut Shape, child: Shape| {
         into.depth = into.depth.max(child.depth.saturating_add(1));
         into.values = into.values.saturating_add(child.values);
@@ -261,31 +272,13 @@ fn check_shape(p: &[u8]) -> Result<(), String> {
             // The memo.
             b'p' | b'q' | b'r' | b'\x94' => {
                 let key = match op {
-                    b'p' => {
-                        let l = line(&mut at)?;
-                        std::str::from_utf8(l)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u64>().ok())
-                            .ok_or_else(malformed)?
-                    }
-                    b'q' => le(take(&mut at, 1)?),
-                    b'r' => le(take(&mut at, 4)?),
-                    _ => memo.len() as u64,
+                    b'\x94' => memo.len() as u64,
+                    _ => memo_key(&mut at, op)?,
                 };
                 memo.insert(key, *stack.last().ok_or_else(malformed)?);
             }
             b'g' | b'h' | b'j' => {
-                let key = match op {
-                    b'g' => {
-                        let l = line(&mut at)?;
-                        std::str::from_utf8(l)
-                            .ok()
-                            .and_then(|s| s.trim().parse::<u64>().ok())
-                            .ok_or_else(malformed)?
-                    }
-                    b'h' => le(take(&mut at, 1)?),
-                    _ => le(take(&mut at, 4)?),
-                };
+                let key = memo_key(&mut at, op)?;
                 stack.push(*memo.get(&key).ok_or_else(malformed)?);
             }
             other => return Err(format!("unknown pickle opcode {other:#04x}")),
