@@ -224,13 +224,19 @@ struct Waiters {
     word: AtomicU32,
 }
 
+/// No doorbell to ring (the lock waiters' event counts: only threads sleep on them).
+const NO_BELL: RawFd = -1;
+
 /// Wakes the sleepers of `word`, if any: clears bit 0 and bumps the epoch in one step, so a
-/// waiter that registered before this and has not slept yet finds the word changed.
+/// waiter that registered before this and has not slept yet finds the word changed. Async
+/// waiters register on `not_empty` and `not_full` too: they sleep in `epoll` on the queue's
+/// doorbell (an eventfd, this process's descriptor `bell`), which is rung with the wake. With
+/// nobody registered (bit 0 clear), a put or get pays one load, as before doorbells.
 #[inline]
-fn notify(word: &AtomicU32) {
+fn notify(word: &AtomicU32, bell: RawFd) {
     let v = word.load(Ordering::SeqCst);
-    if v & 1 != 0 {
-        wake_all(word, v);
+    if v & 1 != 0 && wake_all(word, v) && bell >= 0 {
+        ring_bell(bell);
     }
 }
 
@@ -244,18 +250,6 @@ fn wake_all(word: &AtomicU32, v: u32) -> bool {
         return true;
     }
     false
-}
-
-/// [`notify`] for the `not_empty` and `not_full` event counts, on which async waiters register
-/// too: they sleep in `epoll` on the queue's doorbell (an eventfd, this process's descriptor
-/// `bell`, or -1), which is rung with the wake, only when someone registered (bit 0), so a
-/// put or get with nobody waiting costs what it did.
-#[inline]
-fn notify_rung(word: &AtomicU32, bell: RawFd) {
-    let v = word.load(Ordering::SeqCst);
-    if v & 1 != 0 && wake_all(word, v) && bell >= 0 {
-        ring_bell(bell);
-    }
 }
 
 #[cold]
@@ -462,8 +456,8 @@ impl Drop for Held<'_> {
 fn release(lock: LockRef, wake: &AtomicU32, bell: RawFd) {
     lock.word.store(0, Ordering::Release);
     fence(Ordering::SeqCst);
-    notify_rung(wake, bell);
-    notify(lock.waiters);
+    notify(wake, bell);
+    notify(lock.waiters, NO_BELL);
 }
 
 /// Takes an owner-identity lock if it is free.
@@ -818,7 +812,7 @@ impl Ring {
     fn publish(&self, tail: u32, puts: u32) {
         self.publish_quiet(tail, puts);
         fence(Ordering::SeqCst);
-        notify_rung(&self.hdr().not_empty.word, self.bell());
+        notify(&self.hdr().not_empty.word, self.bell());
     }
 
     /// Publishes a new tail without waking anyone: the release of the lock that follows does
@@ -1050,7 +1044,7 @@ impl Ring {
     fn advance(&self, head: u32, gets: u32) {
         self.advance_quiet(head, gets);
         fence(Ordering::SeqCst);
-        notify_rung(&self.hdr().not_full.word, self.bell());
+        notify(&self.hdr().not_full.word, self.bell());
     }
 
     /// Moves the head without waking anyone: the release of the lock that follows does.
@@ -1601,7 +1595,7 @@ impl Ring {
                     &mut Small::new(),
                 )?;
                 fence(Ordering::SeqCst);
-                notify_rung(&h.not_full.word, self.bell());
+                notify(&h.not_full.word, self.bell());
                 return Ok(());
             }
             let _ = self.wait_for_producers(tp, Wait::Until(Instant::now() + TICK));
