@@ -330,6 +330,8 @@ impl Fast {
         bell0: OwnedFd,
         bell1: OwnedFd,
     ) -> Result<Fast, String> {
+        let bell0 = doorbell::adopt(bell0)?;
+        let bell1 = doorbell::adopt(bell1)?;
         let len = region.len();
         if end > 1 || len < DATA {
             return Err("not a pipe's shared memory".into());

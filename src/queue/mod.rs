@@ -1042,6 +1042,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         );
         let Wire(region, tx, rx, bell) = Wire::deserialize(deserializer)?;
         let ring = Ring::open(region).map_err(serde::de::Error::custom)?;
+        let bell = crate::sys::doorbell::adopt(bell).map_err(serde::de::Error::custom)?;
         Ok(Queue {
             shared: Arc::new(Shared::new(ring, tx, rx, bell)),
             _t: PhantomData,
