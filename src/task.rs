@@ -15,9 +15,11 @@
 
 use std::any::Any;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -244,9 +246,12 @@ pub(crate) enum UnitOut<R> {
     Failed(String),
 }
 
-const ALL: u32 = 0;
+pub(crate) const ALL: u32 = 0;
 const MIXED: u32 = 1;
-const FAILED: u32 = 2;
+pub(crate) const FAILED: u32 = 2;
+/// Plain-data units only (`pod_entry`): a `(u64 item, String message)`, the item that
+/// panicked (the unit stopped there).
+pub(crate) const PANICKED: u32 = 3;
 
 impl<R> UnitOut<R> {
     /// When `bytes` hold `UnitOut::All`, the bytes of its `Vec<R>`.
@@ -429,3 +434,174 @@ where
     }
     Ok(())
 }
+
+/// The offsets of the two plain-data pool entries of target type `F` (`Pool::map_pod`): the
+/// [`PoolEntry`] (which appends its results to a buffer, as every entry does: the cluster
+/// pool's ranks run it) and the [`PodEntry`] (which writes its values in place: local workers
+/// run it, straight into their outbox).
+pub(crate) fn pod_entry_offsets<F, A, R>() -> (i64, i64)
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Pod,
+    R: Pod,
+{
+    #[allow(clippy::let_unit_value)]
+    let () = AssertTarget::<F>::ZERO_SIZED;
+    let entry: PoolEntry = pod_entry::<F, A, R>;
+    let direct: PodEntry = pod_direct::<F, A, R>;
+    (offset_of(entry as usize), offset_of(direct as usize))
+}
+
+/// A plain-data entry: runs the target on the items of `args` (`u64 n`, then `n` values of
+/// `A` as their bytes, read in place), writing each value's bytes in place into `dst`, which
+/// must be exactly `n` values of `R` long. A panic stops the unit at that item (as a chunk of
+/// Python's `map` stops at its first exception). Nothing runs unless `args` and `dst` are
+/// exactly the sizes they should be.
+pub(crate) type PodEntry = fn(args: &[u8], dst: &mut [MaybeUninit<u8>]) -> PodRan;
+
+/// How a plain-data unit ran.
+#[derive(Debug)]
+pub(crate) enum PodRan {
+    /// Every value is in `dst`.
+    Done,
+    /// Item `k` panicked with this message; the unit stopped there.
+    Panicked(u64, String),
+    /// The unit could not run.
+    Failed(String),
+}
+
+impl PodRan {
+    /// Appends this outcome's results, but for `Done` (whose `ALL, n` header is the caller's to
+    /// write next to the values), to `out`.
+    pub(crate) fn encode_failure(self, out: &mut Vec<u8>) {
+        match self {
+            PodRan::Done => {}
+            PodRan::Panicked(k, message) => {
+                out.extend_from_slice(&PANICKED.to_le_bytes());
+                // A `(u64, String)` always encodes.
+                let _ = wire::encode_into_vec(&(k, message), out);
+            }
+            PodRan::Failed(message) => encode_failed(message, out),
+        }
+    }
+}
+
+/// The number of items in plain-data arguments, or `None` if `args` are not `u64 n` then `n`
+/// values of `size` bytes.
+pub(crate) fn pod_count(args: &[u8], size: usize) -> Option<usize> {
+    let (n, body) = args.split_first_chunk::<8>()?;
+    let n = usize::try_from(u64::from_le_bytes(*n)).ok()?;
+    (n.checked_mul(size) == Some(body.len())).then_some(n)
+}
+
+/// The pool entry at `offset` from the anchor, as a plain-data entry.
+///
+/// # Safety
+/// `offset` must be the second offset of [`pod_entry_offsets`] in a process running this same
+/// executable.
+pub(crate) unsafe fn pod_entry_at(offset: i64) -> PodEntry {
+    let addr = addr_at(offset);
+    // SAFETY: by the caller's guarantee, `addr` is the address of a `PodEntry` in this image.
+    unsafe { std::mem::transmute::<usize, PodEntry>(addr) }
+}
+
+/// The [`PoolEntry`] of a plain-data target: as [`run_pod`].
+fn pod_entry<F, A, R>(args: &[u8], fds: Vec<OwnedFd>, out: &mut Vec<u8>) -> Vec<OwnedFd>
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Pod,
+    R: Pod,
+{
+    if !fds.is_empty() {
+        encode_failed(bad_pod_args(), out);
+        return Vec::new();
+    }
+    let values = pod_count(args, std::mem::size_of::<A>()).map_or(0, |n| {
+        (n as u64).saturating_mul(std::mem::size_of::<R>() as u64)
+    });
+    run_pod(pod_direct::<F, A, R>, values, args, out);
+    Vec::new()
+}
+
+/// Runs a plain-data unit whose values take `values` bytes, appending its results to `out`:
+/// `ALL, u64 n`, then the values, written in place; or `PANICKED` or `FAILED`.
+pub(crate) fn run_pod(entry: PodEntry, values: u64, args: &[u8], out: &mut Vec<u8>) {
+    let Some((n, _)) = args.split_first_chunk::<8>() else {
+        return encode_failed(bad_pod_args(), out);
+    };
+    let Some(len) = usize::try_from(values)
+        .ok()
+        .filter(|&len| len <= MAX_POD_RESULTS)
+    else {
+        return encode_failed(too_many_pod_results(u64::from_le_bytes(*n)), out);
+    };
+    let at = out.len();
+    out.extend_from_slice(&ALL.to_le_bytes());
+    out.extend_from_slice(n);
+    let base = out.len();
+    out.reserve(len);
+    match entry(args, &mut out.spare_capacity_mut()[..len]) {
+        // SAFETY: `Done` means all `len` bytes after `base` were written.
+        PodRan::Done => unsafe { out.set_len(base + len) },
+        failed => {
+            out.truncate(at);
+            failed.encode_failure(out);
+        }
+    }
+}
+
+fn bad_pod_args() -> String {
+    "cannot decode the task's argument: the bytes are not the plain-data items they claim to be"
+        .into()
+}
+
+fn too_many_pod_results(n: u64) -> String {
+    format!("the results of {n} items exceed {MAX_POD_RESULTS} bytes: use a smaller chunksize")
+}
+
+/// The [`PodEntry`] of target type `F`.
+fn pod_direct<F, A, R>(args: &[u8], dst: &mut [MaybeUninit<u8>]) -> PodRan
+where
+    F: Fn(A) -> R + Copy + Send + Sync + 'static,
+    A: Pod,
+    R: Pod,
+{
+    // SAFETY: as in `run_unit`: `F` is zero-sized (asserted in `pod_entry_offsets`, the only
+    // way this function is named), inhabited, `Copy`, and has no validity requirements.
+    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    let (asz, rsz) = (std::mem::size_of::<A>(), std::mem::size_of::<R>());
+    let Some(n) = pod_count(args, asz) else {
+        return PodRan::Failed(bad_pod_args());
+    };
+    match n.checked_mul(rsz) {
+        Some(len) if len == dst.len() => {}
+        Some(len) if len > MAX_POD_RESULTS => {
+            return PodRan::Failed(too_many_pod_results(n as u64))
+        }
+        _ => return PodRan::Failed("the results do not fit the space made for them".into()),
+    }
+    let body = &args[8..];
+    let out = dst.as_mut_ptr().cast::<u8>();
+    let mut k = 0;
+    let ran = catch_unwind(AssertUnwindSafe(|| {
+        while k < n {
+            let a = match asz {
+                0 => A::zeroed(),
+                _ => bytemuck::pod_read_unaligned(&body[k * asz..(k + 1) * asz]),
+            };
+            let r = f(a);
+            // SAFETY: `k < n`, so the `rsz` bytes at `k * rsz` are inside `dst` (`n * rsz`
+            // bytes, checked above), which this function borrows mutably.
+            unsafe { out.add(k * rsz).cast::<R>().write_unaligned(r) };
+            k += 1;
+        }
+    }));
+    match ran {
+        Ok(()) => PodRan::Done,
+        Err(payload) => PodRan::Panicked(k as u64, panic_message(&*payload)),
+    }
+}
+
+/// The most bytes of results one plain-data unit may make (the pool keeps its units far
+/// smaller; this bounds what a malformed unit could make a worker allocate).
+pub(crate) const MAX_POD_RESULTS: usize = 1 << 30;

@@ -1,7 +1,8 @@
 //! W5, W5b, W6: the process pool.
 //!
 //! - W5: a pool of 2, `map` of `x * x` over 1,000,000 integers with the default chunking
-//!   (CPython's: `len / (4 * processes)`, rounded up); median seconds per map.
+//!   (CPython's: `len / (4 * processes)`, rounded up); median seconds per map. Ours twice:
+//!   `map` (serde values) and `map_pod` (plain bytes, no encoding).
 //! - W5b: 10,000 separate `apply_async` of a trivial task, then every result; tasks per
 //!   second. procspawn keeps at most 256 in flight (10,000 at once exhausts its descriptors);
 //!   in W6, one per worker (more large arguments in flight than workers deadlock its `spawn`).
@@ -141,6 +142,7 @@ fn w5_systems(config: Config) -> Vec<System> {
     let runs = config.pick(W5_RUNS);
     let mut systems = vec![
         System::new("multiprocess/default", move || w5_ours(items, runs)),
+        System::new("multiprocess/map_pod", move || w5_pod(items, runs)),
         System::new("rayon/threads", move || w5_rayon(items, runs)),
     ];
     if python::available() {
@@ -170,6 +172,28 @@ pub(crate) fn w5_map(pool: &Pool, items: usize, runs: usize) -> Result<f64> {
         let elapsed = start.elapsed().as_secs_f64();
         check(
             "W5",
+            out.iter().fold(0u64, |a, x| a.wrapping_add(*x)) == want,
+        )?;
+        if run > 0 {
+            samples.push(elapsed);
+        }
+    }
+    median(samples)
+}
+
+/// W5 through `map_pod`: the same map, the items and values crossing as plain bytes.
+fn w5_pod(items: usize, runs: usize) -> Result<f64> {
+    let pool = Pool::new(PROCESSES)?;
+    let input: Vec<u64> = (0..items as u64).collect();
+    let want: u64 = input.iter().fold(0u64, |a, x| a.wrapping_add(square(*x)));
+    let mut samples = Vec::new();
+    for run in 0..=runs {
+        let data = input.clone();
+        let start = Instant::now();
+        let out = pool.map_pod(square, data)?;
+        let elapsed = start.elapsed().as_secs_f64();
+        check(
+            "W5 map_pod",
             out.iter().fold(0u64, |a, x| a.wrapping_add(*x)) == want,
         )?;
         if run > 0 {

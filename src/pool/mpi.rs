@@ -367,6 +367,7 @@ fn serve_pool(
                 kind: UnitKind::Init,
                 start: 0,
                 count: 1,
+                pod: None,
             };
             send_batch(shared, r, vec![unit], &mut sending)?;
         }

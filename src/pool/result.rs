@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use bytemuck::Pod;
 use serde::de::DeserializeOwned;
 
 use super::error::{Kind, PoolError};
@@ -115,11 +116,144 @@ pub(crate) struct MapShared<R> {
     cv: Condvar,
     total: usize,
     completed: AtomicUsize,
+    codec: Codec<R>,
+}
+
+/// How a map's units of results are decoded: from the wire format (any serde value), or as
+/// the values' own bytes (`Pool::map_pod`, see `task::pod_entry`).
+struct Codec<R> {
+    /// Appends the values of an `ALL` unit (its bytes after the kind) onto the output.
+    append: AppendFn<R>,
+    /// Decodes a unit of any kind (`start, count, bytes, fds, pid`), for when it cannot go
+    /// straight onto the output.
+    chunk: ChunkFn<R>,
+}
+
+type AppendFn<R> = fn(&mut Vec<R>, &[u8], Vec<OwnedFd>) -> Result<(), String>;
+type ChunkFn<R> = fn(usize, usize, &[u8], Vec<OwnedFd>, i32) -> Chunk<R>;
+
+fn wire_append<R: DeserializeOwned>(
+    out: &mut Vec<R>,
+    values: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(), String> {
+    wire::decode_seed(
+        values,
+        fds,
+        wire::Append(out),
+        std::any::type_name::<Vec<R>>,
+    )
+    .map_err(|e| e.into_message())
+}
+
+/// Appends the values of a plain-data unit (`u64 n`, then `n` values as their bytes) onto
+/// `out`, after checking that the bytes are exactly `n` values.
+fn pod_append<R: Pod>(out: &mut Vec<R>, values: &[u8], fds: Vec<OwnedFd>) -> Result<(), String> {
+    let bad = || "malformed plain-data results".to_string();
+    let (n, bytes) = values.split_first_chunk::<8>().ok_or_else(bad)?;
+    let n = usize::try_from(u64::from_le_bytes(*n)).map_err(|_| bad())?;
+    if !fds.is_empty() || n.checked_mul(std::mem::size_of::<R>()) != Some(bytes.len()) {
+        return Err(bad());
+    }
+    if std::mem::size_of::<R>() == 0 {
+        out.extend(std::iter::repeat_with(R::zeroed).take(n));
+        return Ok(());
+    }
+    out.reserve(n);
+    let spare = &mut out.spare_capacity_mut()[..n];
+    // SAFETY: `spare` is `n` values of `R` (`size_of::<R>() * n == bytes.len()`, checked),
+    // which `MaybeUninit<R>` lays out as `R`; the source is a separate borrowed buffer.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), spare.as_mut_ptr().cast::<u8>(), bytes.len());
+    }
+    // SAFETY: the `n` values after the length were all written above, and any bytes are a
+    // valid `R` (`R: Pod`).
+    #[allow(unsafe_code)]
+    unsafe {
+        out.set_len(out.len() + n);
+    }
+    Ok(())
+}
+
+/// Decodes a plain-data unit of any kind: `ALL` as in `pod_append`, `FAILED` with its
+/// message, `PANICKED` with the item that panicked and its message.
+fn pod_chunk<R: Pod>(
+    start: usize,
+    count: usize,
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+    pid: i32,
+) -> Chunk<R> {
+    let bad = |e: String| Chunk::Failed(PoolError::new(Kind::Decode(e)).at(start, count));
+    let Some((kind, rest)) = bytes.split_first_chunk::<4>() else {
+        return bad("empty unit results".into());
+    };
+    match u32::from_le_bytes(*kind) {
+        task::ALL => {
+            let mut values = Vec::new();
+            match pod_append(&mut values, rest, fds) {
+                Ok(()) if values.len() == count => Chunk::Values(values),
+                Ok(()) => Chunk::Failed(wrong_count(pid).at(start, count)),
+                Err(e) => bad(e),
+            }
+        }
+        task::FAILED => match wire::decode::<String>(rest, fds) {
+            Ok(message) => {
+                Chunk::Failed(PoolError::new(Kind::Failed { pid, message }).at(start, count))
+            }
+            Err(e) => bad(e.into_message()),
+        },
+        task::PANICKED => match wire::decode::<(u64, String)>(rest, fds) {
+            Ok((k, message)) if k < count as u64 => Chunk::Failed(
+                PoolError::new(Kind::Panicked { pid, message }).at(start + k as usize, 1),
+            ),
+            Ok(_) => bad("bad unit results".into()),
+            Err(e) => bad(e.into_message()),
+        },
+        other => bad(format!("unknown unit results kind {other}")),
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
     pub(crate) fn new(
         total: usize,
+        on_success: Option<OnSuccess<R>>,
+        on_error: Option<OnError>,
+    ) -> Arc<Self> {
+        let codec = Codec {
+            append: wire_append::<R>,
+            chunk: decode_chunk::<R>,
+        };
+        MapShared::with_codec(total, codec, on_success, on_error)
+    }
+
+    /// A result that failed before any work started (a bad argument, say).
+    pub(crate) fn failed(total: usize, err: PoolError) -> Arc<Self> {
+        MapShared::new(total.max(1), None, None).fail_now(err)
+    }
+}
+
+impl<R: Pod + Send + 'static> MapShared<R> {
+    /// The shared state of a `map_pod`: its units' results are the values' bytes.
+    pub(crate) fn new_pod(total: usize) -> Arc<Self> {
+        let codec = Codec {
+            append: pod_append::<R>,
+            chunk: pod_chunk::<R>,
+        };
+        MapShared::with_codec(total, codec, None, None)
+    }
+
+    /// As `failed`, for a `map_pod`.
+    pub(crate) fn failed_pod(total: usize, err: PoolError) -> Arc<Self> {
+        MapShared::new_pod(total.max(1)).fail_now(err)
+    }
+}
+
+impl<R: Send + 'static> MapShared<R> {
+    fn with_codec(
+        total: usize,
+        codec: Codec<R>,
         on_success: Option<OnSuccess<R>>,
         on_error: Option<OnError>,
     ) -> Arc<Self> {
@@ -139,6 +273,7 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
             cv: Condvar::new(),
             total,
             completed: AtomicUsize::new(0),
+            codec,
         });
         if total == 0 {
             shared.finish(shared.lock());
@@ -146,14 +281,13 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
         shared
     }
 
-    /// A result that failed before any work started (a bad argument, say).
-    pub(crate) fn failed(total: usize, err: PoolError) -> Arc<Self> {
-        let shared = MapShared::new(total.max(1), None, None);
-        let mut st = shared.lock();
+    /// Ends this result with `err` at once.
+    fn fail_now(self: Arc<Self>, err: PoolError) -> Arc<Self> {
+        let mut st = self.lock();
         st.outcome = Some(Err(err));
         st.finished = true;
         drop(st);
-        shared
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, MapState<R>> {
@@ -181,7 +315,11 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
             (true, Some(values)) => values,
             _ => {
                 drop(st);
-                self.add(start, count, decode_chunk(start, count, bytes, fds, pid));
+                self.add(
+                    start,
+                    count,
+                    (self.codec.chunk)(start, count, bytes, fds, pid),
+                );
                 return;
             }
         };
@@ -189,15 +327,9 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
             st.out.reserve_exact(self.total);
         }
         let before = st.out.len();
-        let decoded = task::unless_panic("decoding the result", || {
-            wire::decode_seed(
-                values,
-                fds,
-                wire::Append(&mut st.out),
-                std::any::type_name::<Vec<R>>,
-            )
-            .map_err(|e| e.into_message())
-        });
+        let append = self.codec.append;
+        let decoded =
+            task::unless_panic("decoding the result", || append(&mut st.out, values, fds));
         let chunk = match decoded {
             Ok(()) if st.out.len() - before == count => {
                 st.next += count;
@@ -354,7 +486,7 @@ impl<R: DeserializeOwned + Send + 'static> MapShared<R> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> Sink for MapShared<R> {
+impl<R: Send + 'static> Sink for MapShared<R> {
     fn deliver(&self, start: usize, count: usize, bytes: &[u8], fds: Vec<OwnedFd>, pid: i32) {
         self.deliver_bytes(start, count, bytes, fds, pid);
     }
@@ -374,7 +506,7 @@ trait Outcome<T>: Send + Sync {
     fn total(&self) -> usize;
 }
 
-impl<R: DeserializeOwned + Send + 'static> Outcome<Vec<R>> for MapShared<R> {
+impl<R: Send + 'static> Outcome<Vec<R>> for MapShared<R> {
     fn poll_finished(&self, cx: &mut Context<'_>) -> bool {
         MapShared::poll_finished(self, cx)
     }
@@ -398,7 +530,7 @@ impl<R: DeserializeOwned + Send + 'static> Outcome<Vec<R>> for MapShared<R> {
 /// `apply_async`'s view of a one-item map.
 struct One<R>(Arc<MapShared<R>>);
 
-impl<R: DeserializeOwned + Send + 'static> Outcome<R> for One<R> {
+impl<R: Send + 'static> Outcome<R> for One<R> {
     fn poll_finished(&self, cx: &mut Context<'_>) -> bool {
         self.0.poll_finished(cx)
     }
@@ -500,7 +632,7 @@ impl<T> fmt::Debug for AsyncResult<T> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> AsyncResult<Vec<R>> {
+impl<R: Send + 'static> AsyncResult<Vec<R>> {
     pub(crate) fn for_map(shared: Arc<MapShared<R>>) -> Self {
         AsyncResult {
             inner: shared,
@@ -509,7 +641,7 @@ impl<R: DeserializeOwned + Send + 'static> AsyncResult<Vec<R>> {
     }
 }
 
-impl<R: DeserializeOwned + Send + 'static> AsyncResult<R> {
+impl<R: Send + 'static> AsyncResult<R> {
     pub(crate) fn for_one(shared: Arc<MapShared<R>>) -> Self {
         AsyncResult {
             inner: Arc::new(One(shared)),

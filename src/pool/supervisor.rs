@@ -92,6 +92,9 @@ pub(crate) struct Unit {
     pub(crate) kind: UnitKind,
     pub(crate) start: usize,
     pub(crate) count: usize,
+    /// A plain-data unit (`Pool::map_pod`): the offset of its `PodEntry` and the bytes of its
+    /// values; local workers run that entry instead of `entry`, writing the values in place.
+    pub(crate) pod: Option<(i64, u64)>,
 }
 
 impl Unit {
@@ -937,6 +940,7 @@ impl Supervisor {
                 kind: UnitKind::Init,
                 start: 0,
                 count: 1,
+                pod: None,
             };
             let i = self.workers.len() - 1;
             self.send_batch(i, vec![unit]);
@@ -1170,11 +1174,16 @@ fn fill(buf: &mut [u8], units: &[Unit]) -> (usize, Vec<RawFd>, Vec<(usize, Strin
         };
         match fds {
             Ok(fds) if fds.len() == u.nfds => {
+                let (entry, pod) = match u.pod {
+                    Some((direct, values)) => (direct, values.saturating_add(1)),
+                    None => (u.entry, 0),
+                };
                 UnitHeader {
                     id: u.id,
-                    entry: u.entry,
+                    entry,
                     len: u.len as u64,
                     nfds: u.nfds as u32,
+                    pod,
                 }
                 .write(&mut buf[pos..body]);
                 raw.extend(fds);

@@ -82,13 +82,17 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(x)
 }
 
-/// The header of one unit of a batch: `id u64, entry i64, len u64, nfds u32`, little-endian.
+/// The header of one unit of a batch: `id u64, entry i64, len u64, nfds u32, pod u64`,
+/// little-endian. `pod` is 0 for a unit of serde values (`entry` is a `task::PoolEntry`); for
+/// a plain-data unit (`Pool::map_pod`) it is 1 plus the bytes of its values, and `entry` is a
+/// `task::PodEntry`.
 #[derive(Debug)]
 pub(crate) struct UnitHeader {
     pub(crate) id: u64,
     pub(crate) entry: i64,
     pub(crate) len: u64,
     pub(crate) nfds: u32,
+    pub(crate) pod: u64,
 }
 
 impl UnitHeader {
@@ -97,17 +101,24 @@ impl UnitHeader {
         b[8..16].copy_from_slice(&self.entry.to_le_bytes());
         b[16..24].copy_from_slice(&self.len.to_le_bytes());
         b[24..28].copy_from_slice(&self.nfds.to_le_bytes());
+        b[28..36].copy_from_slice(&self.pod.to_le_bytes());
+    }
+
+    /// The bytes of a plain-data unit's values, or `None` for a unit of serde values.
+    fn pod_values(&self) -> Option<u64> {
+        self.pod.checked_sub(1)
     }
 }
 
 impl Header for UnitHeader {
-    const SIZE: usize = 28;
+    const SIZE: usize = 36;
     fn read(b: &[u8]) -> Self {
         UnitHeader {
             id: u64_at(b, 0),
             entry: u64_at(b, 8) as i64,
             len: u64_at(b, 16),
             nfds: u32_at(b, 24),
+            pod: u64_at(b, 28),
         }
     }
     fn body(&self) -> (u64, u32) {
@@ -247,18 +258,65 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         report.clear();
         let mut out_fds: Vec<Vec<OwnedFd>> = Vec::with_capacity(units.len());
         let mut bounds: Vec<usize> = Vec::with_capacity(units.len() + 1);
+        // A batch of plain-data units only, with large results, is written straight into the
+        // outbox when the pool is done with it: the values are made in place, never copied.
+        let mut direct = match direct_need(&units) {
+            Some(need) => out.reserve(&conn, consumed, need),
+            None => None,
+        };
+        let mut pos = 0;
+        let mut reserved: usize = direct
+            .as_ref()
+            .map_or(0, |_| direct_need(&units).unwrap_or(0));
         for (h, args, fds) in units {
             count = count.wrapping_add(1);
             started.store(count, Ordering::Release);
-            // SAFETY: the offset was made by `pool_entry_offset` in the parent, which runs
-            // this same executable (the worker was started by the crate, which checks the
-            // build id under the re-executing start methods).
-            #[allow(unsafe_code)]
-            let entry = unsafe { task::pool_entry_at(h.entry) };
+            if let (Some(values), Some(dst)) = (h.pod_values(), direct.as_deref_mut()) {
+                // SAFETY: the offset was made by `pod_entry_offsets` in the parent (as below).
+                #[allow(unsafe_code)]
+                let entry = unsafe { task::pod_entry_at(h.entry) };
+                // `direct_need` checked that every unit's values fit a `usize`.
+                let values = values as usize;
+                reserved -= ResultHeader::SIZE + 12 + values;
+                bounds.push(pos);
+                match write_pod_direct(dst, pos, reserved, &h, entry, values, args) {
+                    Ok(end) => pos = end,
+                    Err(failed) => {
+                        // A failure's message does not fit where the values would have
+                        // gone: the report goes on in the buffer.
+                        report.extend_from_slice(&dst[..pos]);
+                        report.extend_from_slice(&failed);
+                        direct = None;
+                    }
+                }
+                out_fds.push(Vec::new());
+                continue;
+            }
             let at = report.len();
             bounds.push(at);
             report.resize(at + ResultHeader::SIZE, 0);
-            let mut unit_fds = entry(args, fds, &mut report);
+            let mut unit_fds = match h.pod_values() {
+                Some(_) if !fds.is_empty() => {
+                    task::encode_failed("plain-data items carry no handles".into(), &mut report);
+                    Vec::new()
+                }
+                Some(values) => {
+                    // SAFETY: the offset was made by `pod_entry_offsets` in the parent, which
+                    // runs this same executable (as below); `pod` says which entry it is.
+                    #[allow(unsafe_code)]
+                    let entry = unsafe { task::pod_entry_at(h.entry) };
+                    task::run_pod(entry, values, args, &mut report);
+                    Vec::new()
+                }
+                None => {
+                    // SAFETY: the offset was made by `pool_entry_offset` in the parent, which
+                    // runs this same executable (the worker was started by the crate, which
+                    // checks the build id under the re-executing start methods).
+                    #[allow(unsafe_code)]
+                    let entry = unsafe { task::pool_entry_at(h.entry) };
+                    entry(args, fds, &mut report)
+                }
+            };
             let max = crate::sys::socket::MAX_FDS;
             if unit_fds.len() > max {
                 let msg = format!(
@@ -278,14 +336,85 @@ pub(crate) fn worker_main(args: WorkerArgs) {
             .write(&mut report[at..at + ResultHeader::SIZE]);
             out_fds.push(unit_fds);
         }
-        bounds.push(report.len());
-        if out
-            .send(&conn, consumed, &report, &bounds, &out_fds)
-            .is_err()
-        {
+        let sent = if direct.is_some() {
+            out.send_direct(&conn, pos)
+        } else {
+            bounds.push(report.len());
+            out.send(&conn, consumed, &report, &bounds, &out_fds)
+        };
+        if sent.is_err() {
             return;
         }
     }
+}
+
+/// The outbox bytes a batch needs to be written straight into it: `Some` when every unit is
+/// plain data and the report is large (every result at most its header, `ALL, n` and its
+/// values; a failure's message may need more, see `write_pod_direct`).
+fn direct_need(units: &[Part<'_, UnitHeader>]) -> Option<usize> {
+    let mut need: usize = 0;
+    for (h, _, fds) in units {
+        let values = usize::try_from(h.pod_values()?).ok()?;
+        if !fds.is_empty() || values > task::MAX_POD_RESULTS {
+            return None;
+        }
+        need = need.checked_add(ResultHeader::SIZE + 12 + values)?;
+    }
+    (arena::THRESHOLD..=arena::MAX_LEN)
+        .contains(&need)
+        .then_some(need)
+}
+
+/// Runs a plain-data unit straight into the outbox `dst` at `pos`: its result header, then
+/// `ALL, n` and the values, made in place. `reserved` bytes after this unit's space are kept
+/// for the units after it. Returns where the next unit goes; or, when the unit failed with a
+/// message too long for its space, its whole result (header included) to go in the buffer.
+fn write_pod_direct(
+    dst: &mut [u8],
+    pos: usize,
+    reserved: usize,
+    h: &UnitHeader,
+    entry: task::PodEntry,
+    values: usize,
+    args: &[u8],
+) -> Result<usize, Vec<u8>> {
+    let body = pos + ResultHeader::SIZE;
+    let n = args.get(..8).unwrap_or(&[0; 8]);
+    dst[body..body + 4].copy_from_slice(&task::ALL.to_le_bytes());
+    dst[body + 4..body + 12].copy_from_slice(n);
+    let place = &mut dst[body + 12..body + 12 + values];
+    // SAFETY: `MaybeUninit<u8>` has the layout of `u8`; the entry writes only whole values of
+    // a `Pod` type (no padding, so no uninitialized byte), so every byte stays initialized.
+    #[allow(unsafe_code)]
+    let place = unsafe { &mut *(place as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+    let mut failure = Vec::new();
+    match entry(args, place) {
+        task::PodRan::Done => {
+            let len = 12 + values;
+            ResultHeader {
+                id: h.id,
+                len: len as u64,
+                nfds: 0,
+            }
+            .write(&mut dst[pos..body]);
+            return Ok(body + len);
+        }
+        failed => failed.encode_failure(&mut failure),
+    }
+    let header = ResultHeader {
+        id: h.id,
+        len: failure.len() as u64,
+        nfds: 0,
+    };
+    if body + failure.len() + reserved <= dst.len() {
+        header.write(&mut dst[pos..body]);
+        dst[body..body + failure.len()].copy_from_slice(&failure);
+        return Ok(body + failure.len());
+    }
+    let mut whole = vec![0; ResultHeader::SIZE];
+    header.write(&mut whole);
+    whole.extend_from_slice(&failure);
+    Err(whole)
 }
 
 /// The worker's side of its outbox.
@@ -296,6 +425,39 @@ struct Outbox {
 }
 
 impl Outbox {
+    /// The first `need` bytes of the outbox, to write a report straight into, if the pool is
+    /// done with it (growing it first if it is too small); `None` otherwise.
+    fn reserve(
+        &mut self,
+        conn: &Connection,
+        consumed: &AtomicU32,
+        need: usize,
+    ) -> Option<&mut [u8]> {
+        if consumed.load(Ordering::Acquire) != self.sent {
+            return None;
+        }
+        if self.arena.as_ref().is_none_or(|a| a.len() < need) {
+            let a = Arena::new(need).ok()?;
+            conn.send_encoded(&[NEW_ARENA], &[a.as_fd()]).ok()?;
+            self.arena = Some(a);
+        }
+        // SAFETY: the pool consumed every report sent through the outbox (checked above: its
+        // count, stored with `Release` after its last read, equals ours), so it does not read
+        // the outbox until `send_direct` hands it over again.
+        #[allow(unsafe_code)]
+        self.arena
+            .as_mut()
+            .and_then(|a| unsafe { a.bytes_mut(need) })
+    }
+
+    /// Hands over the report of `len` bytes written into the outbox (after `reserve`).
+    fn send_direct(&mut self, conn: &Connection, len: usize) -> Result<(), ConnectionError> {
+        self.sent = self.sent.wrapping_add(1);
+        let mut frame = [ARENA; 9];
+        frame[1..].copy_from_slice(&(len as u64).to_le_bytes());
+        conn.send_encoded(&frame, &[])
+    }
+
     /// Sends a report: through the outbox if it is large, free and one frame can carry its
     /// descriptors; else inline, in as many frames as the descriptor limit needs.
     /// `bounds[k]..bounds[k + 1]` are unit `k`'s bytes in `report`.
