@@ -302,3 +302,100 @@ fn works_without_tokio() {
         multiprocess::__block_on(p.join_async()).unwrap();
     });
 }
+
+fn set_later((e, ms): (multiprocess::Event, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    e.set();
+}
+
+fn pulse_later((e, ms): (multiprocess::Event, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    e.set();
+    e.clear();
+}
+
+/// How many threads of this process have this name (as the kernel keeps it: 15 bytes).
+fn threads_named(name: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim_end() == name)
+        .count()
+}
+
+/// The event's sleepers count (the word after its state), as any process could read it.
+fn sleepers(e: &multiprocess::Event) -> u32 {
+    e.__shared_word(12)
+        .unwrap()
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[test]
+fn event_wait_async_under_every_method_with_many_waiters_and_cancellation() {
+    deadline(120, || {
+        rt().block_on(async {
+            for m in METHODS {
+                // Three events, 100 waiters each (more than one futex_waitv takes at once),
+                // set by children; one is a pulse (set then clear at once).
+                let events: Vec<_> = (0..3)
+                    .map(|_| multiprocess::Event::new().unwrap())
+                    .collect();
+                let mut waiters = Vec::new();
+                for e in &events {
+                    for _ in 0..100 {
+                        let e = e.clone();
+                        waiters.push(tokio::spawn(async move { e.wait_async().await }));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // 300 words: three futex watchers, and no thread per waiter (this kernel has
+                // futex_waitv).
+                assert!(threads_named("multiprocess-fu") >= 3, "{m}");
+                assert_eq!(threads_named("multiprocess-ev"), 0, "{m}");
+                let mut kids = Vec::new();
+                for (k, e) in events.iter().enumerate() {
+                    let b = Process::builder().start_method(m);
+                    let arg = (e.clone(), 20);
+                    let p = if k == 2 {
+                        b.start(pulse_later, arg)
+                    } else {
+                        b.start(set_later, arg)
+                    };
+                    kids.push(p.unwrap());
+                }
+                for w in waiters {
+                    tokio::time::timeout(Duration::from_secs(30), w)
+                        .await
+                        .unwrap_or_else(|_| panic!("{m}: a waiter hung"))
+                        .unwrap()
+                        .unwrap();
+                }
+                for mut k in kids {
+                    k.join_async().await.unwrap();
+                }
+                assert!(events[0].is_set() && !events[2].is_set(), "{m}");
+                for e in &events {
+                    assert_eq!(sleepers(e), 0, "{m}: every waiter left");
+                }
+            }
+
+            // Cancelled by a timeout: nothing is left behind, and the event works on.
+            let e = multiprocess::Event::new().unwrap();
+            assert!(
+                tokio::time::timeout(Duration::from_millis(30), e.wait_async())
+                    .await
+                    .is_err()
+            );
+            assert_eq!(sleepers(&e), 0);
+            let mut p = Process::new(set_later, (e.clone(), 30));
+            p.start().unwrap();
+            tokio::select! {
+                r = e.wait_async() => r.unwrap(),
+                _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the wait hung"),
+            }
+            p.join_async().await.unwrap();
+            // Set already: at once.
+            e.wait_async().await.unwrap();
+        });
+    });
+}

@@ -24,6 +24,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{deadline, handle_serde, magic, Tagged, BODY, WAKE_ALL};
@@ -172,10 +173,95 @@ impl Event {
         self.wait_until(deadline(timeout))
     }
 
+    /// Waits until the flag is set without blocking a thread (a pulse also ends the wait, as
+    /// for [`wait`](Self::wait)). It works under any executor: the crate's futex watcher, one
+    /// thread per process, waits in one `futex_waitv` call on the events of every pending
+    /// future and wakes their tasks; [`set`](Self::set) wakes it with the same futex wake
+    /// that wakes waiting threads, so neither side pays more than a waiting thread costs.
+    /// Before Linux 5.16 (no `futex_waitv`), each pending future has a helper thread instead,
+    /// which lingers until the event is set if the future is dropped first.
+    ///
+    /// Cancellation: dropping the future before it completes leaves the event as it was.
+    /// Put a deadline on it with your runtime's timeout (`tokio::time::timeout`).
+    ///
+    /// # Errors
+    /// Only before Linux 5.16, when no helper thread can be started.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Event, Process};
+    ///
+    /// fn child(ready: Event) {
+    ///     ready.set();
+    /// }
+    ///
+    /// let ready = Event::new()?;
+    /// let mut p = Process::builder().start(child, ready.clone())?;
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// block_on(ready.wait_async())?;
+    /// assert!(ready.is_set());
+    /// p.join()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn wait_async(&self) -> io::Result<()> {
+        let state = self.word(FLAG);
+        let start = state.load(Ordering::Acquire);
+        let done = |s: u32| s & SET != 0 || s != start;
+        let mut parked = Parked {
+            event: self,
+            counted: false,
+            watch: crate::sys::reactor::FutexWatch::new(),
+            helper: false,
+        };
+        std::future::poll_fn(|cx| {
+            if done(state.load(Ordering::Acquire)) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            // Counted as a sleeper first, so that a `set` from now on wakes the word.
+            if !parked.counted {
+                self.word(SLEEPERS).fetch_add(1, Ordering::SeqCst);
+                parked.counted = true;
+            }
+            if done(state.load(Ordering::SeqCst)) {
+                return std::task::Poll::Ready(Ok(()));
+            }
+            if parked.helper {
+                return std::task::Poll::Pending;
+            }
+            let owner = Arc::clone(&self.tagged.region) as Arc<dyn Send + Sync>;
+            match parked.watch.watch(owner, state, start, cx.waker()) {
+                Ok(()) => std::task::Poll::Pending,
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    let (event, waker) = (self.clone(), cx.waker().clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("multiprocess-event-wait".into())
+                        .spawn(move || {
+                            event.wait_from(start, None);
+                            waker.wake();
+                        });
+                    match spawned {
+                        Ok(_) => {
+                            parked.helper = true;
+                            std::task::Poll::Pending
+                        }
+                        Err(e) => std::task::Poll::Ready(Err(e)),
+                    }
+                }
+                Err(e) => std::task::Poll::Ready(Err(e)),
+            }
+        })
+        .await
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
+        let start = self.word(FLAG).load(Ordering::Acquire);
+        self.wait_from(start, deadline)
+    }
+
+    /// Waits until the flag is set or the state moved from `start`.
+    fn wait_from(&self, start: u32, deadline: Option<Instant>) -> bool {
         let state = self.word(FLAG);
         let sleepers = self.word(SLEEPERS);
-        let start = state.load(Ordering::Acquire);
         // Set now, or set since the wait began (the count moved).
         let done = |s: u32| s & SET != 0 || s != start;
         if done(start) {
@@ -198,6 +284,23 @@ impl Event {
                 let _ = futex_wait(state, start, timeout);
             }
             sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// An async waiter's place among an event's sleepers, left when its future ends or is
+/// dropped.
+struct Parked<'a> {
+    event: &'a Event,
+    counted: bool,
+    watch: crate::sys::reactor::FutexWatch,
+    helper: bool,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.event.word(SLEEPERS).fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

@@ -144,3 +144,219 @@ impl Drop for Interest {
             .remove(&self.token);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Futex words
+
+/// The most words one `futex_waitv` call takes (the kernel's `FUTEX_WAITV_MAX`); one of them
+/// is a watcher's own control word.
+const WAITV_MAX: usize = 128;
+
+/// A thread that waits, in one `futex_waitv` (Linux 5.16 or later), on the shared futex words
+/// that pending futures watch (`Event::wait_async`), and wakes a future's waker when its word
+/// no longer holds the value it saw. The primitives need no change for it: a watched word is
+/// woken by the same `FUTEX_WAKE` that wakes threads sleeping on it. A watcher takes up to
+/// 127 words; more pending futures start more watchers.
+struct Watcher {
+    /// Bumped (and woken) whenever `entries` changes, so that the thread waits on the new set.
+    control: std::sync::atomic::AtomicU32,
+    entries: Mutex<Vec<Watched>>,
+    /// The thread ended on an error `futex_waitv` should never give: no more watches.
+    broken: std::sync::atomic::AtomicBool,
+}
+
+struct Watched {
+    token: u64,
+    /// Never read: keeps the word's mapping alive while the thread may wait on it.
+    #[allow(dead_code)]
+    owner: Arc<dyn Send + Sync>,
+    word: *const std::sync::atomic::AtomicU32,
+    expected: u32,
+    waker: Waker,
+}
+
+// SAFETY: `word` points into the mapping `owner` keeps alive, and is only read atomically.
+#[allow(unsafe_code)]
+unsafe impl Send for Watched {}
+
+/// This process's watchers, and the pid they were made in (as for the reactor).
+static WATCHERS: Mutex<Option<(i32, Vec<Arc<Watcher>>)>> = Mutex::new(None);
+static NEXT_WATCH: AtomicU64 = AtomicU64::new(1);
+
+impl Watcher {
+    fn run(&self) {
+        use rustix::thread::futex;
+        loop {
+            let control = self.control.load(Ordering::Acquire);
+            let mut waits = vec![futex::Wait::new()];
+            waits[0].val = u64::from(control);
+            waits[0].uaddr = futex::WaitPtr::new(self.control.as_ptr().cast());
+            waits[0].flags = futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE;
+            let woken: Vec<Waker> = {
+                let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                let mut woken = Vec::new();
+                entries.retain(|e| {
+                    // SAFETY: `owner` keeps the word mapped while the entry exists.
+                    #[allow(unsafe_code)]
+                    let now = unsafe { &*e.word }.load(Ordering::Acquire);
+                    if now == e.expected {
+                        return true;
+                    }
+                    woken.push(e.waker.clone());
+                    false
+                });
+                for e in entries.iter() {
+                    let mut w = futex::Wait::new();
+                    w.val = u64::from(e.expected);
+                    w.uaddr = futex::WaitPtr::new(e.word.cast_mut().cast());
+                    // Shared: the word is in memory other processes map.
+                    w.flags = futex::WaitFlags::SIZE_U32;
+                    waits.push(w);
+                }
+                woken
+            };
+            for w in woken {
+                w.wake();
+            }
+            // Every word is re-read against its expected value by the kernel under its lock,
+            // so a change after the scan above makes this return at once (EAGAIN).
+            match futex::waitv(
+                &waits,
+                futex::WaitvFlags::empty(),
+                None,
+                rustix::time::ClockId::Monotonic,
+            ) {
+                Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+                // The words are mapped and aligned, and at most `WAITV_MAX`: this cannot
+                // happen. Should it, every future is woken (to poll again and find the
+                // watcher broken) rather than left waiting.
+                Err(_) => {
+                    self.broken.store(true, Ordering::Release);
+                    let all = std::mem::take(
+                        &mut *self.entries.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    for e in all {
+                        e.waker.wake();
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poke(&self) {
+        self.control.fetch_add(1, Ordering::Release);
+        super::shm::futex_wake_private(&self.control, 1);
+    }
+}
+
+/// A future's watch of one futex word: its waker is woken once the word no longer holds the
+/// value given to [`watch`](Self::watch). Leaves nothing behind when dropped.
+pub(crate) struct FutexWatch {
+    at: Option<(Arc<Watcher>, u64)>,
+}
+
+impl FutexWatch {
+    pub(crate) fn new() -> FutexWatch {
+        FutexWatch { at: None }
+    }
+
+    /// Wakes `waker` once `word` (inside the mapping `owner` keeps alive) differs from
+    /// `expected`. `Err(Unsupported)` before Linux 5.16 (no `futex_waitv`).
+    pub(crate) fn watch(
+        &mut self,
+        owner: Arc<dyn Send + Sync>,
+        word: &std::sync::atomic::AtomicU32,
+        expected: u32,
+        waker: &Waker,
+    ) -> io::Result<()> {
+        self.unwatch();
+        let token = NEXT_WATCH.fetch_add(1, Ordering::Relaxed);
+        let watcher = add_watch(Watched {
+            token,
+            owner,
+            word,
+            expected,
+            waker: waker.clone(),
+        })?;
+        watcher.poke();
+        self.at = Some((watcher, token));
+        Ok(())
+    }
+
+    fn unwatch(&mut self) {
+        if let Some((watcher, token)) = self.at.take() {
+            let mut entries = watcher.entries.lock().unwrap_or_else(|p| p.into_inner());
+            let before = entries.len();
+            entries.retain(|e| e.token != token);
+            let removed = entries.len() != before;
+            drop(entries);
+            if removed {
+                watcher.poke();
+            }
+        }
+    }
+}
+
+impl Drop for FutexWatch {
+    fn drop(&mut self) {
+        self.unwatch();
+    }
+}
+
+/// Whether this kernel has `futex_waitv` (Linux 5.16 or later), asked once.
+fn has_waitv() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        use rustix::thread::futex;
+        // An empty list is refused with EINVAL where the call exists, ENOSYS where not.
+        !matches!(
+            futex::waitv(
+                &[],
+                futex::WaitvFlags::empty(),
+                None,
+                rustix::time::ClockId::Monotonic
+            ),
+            Err(rustix::io::Errno::NOSYS)
+        )
+    })
+}
+
+/// Adds `entry` to a watcher of this process with room for it (starting one if none has);
+/// returns that watcher.
+fn add_watch(entry: Watched) -> io::Result<Arc<Watcher>> {
+    if !has_waitv() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "waiting for a futex word without a thread needs futex_waitv (Linux 5.16 or later)",
+        ));
+    }
+    // Held while a watcher is chosen and filled, so that none takes more than it can wait on.
+    let mut all = WATCHERS.lock().unwrap_or_else(|p| p.into_inner());
+    let pid = super::process::getpid();
+    if all.as_ref().is_none_or(|(p, _)| *p != pid) {
+        *all = Some((pid, Vec::new()));
+    }
+    let Some((_, list)) = all.as_mut() else {
+        return Err(io::Error::other("no watcher list"));
+    };
+    list.retain(|w| !w.broken.load(Ordering::Acquire));
+    for w in list.iter() {
+        let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() < WAITV_MAX - 1 {
+            entries.push(entry);
+            return Ok(w.clone());
+        }
+    }
+    let w = Arc::new(Watcher {
+        control: std::sync::atomic::AtomicU32::new(0),
+        entries: Mutex::new(vec![entry]),
+        broken: std::sync::atomic::AtomicBool::new(false),
+    });
+    let running = w.clone();
+    std::thread::Builder::new()
+        .name("multiprocess-futex-watcher".into())
+        .spawn(move || running.run())?;
+    list.push(w.clone());
+    Ok(w)
+}

@@ -138,6 +138,12 @@ pub(crate) fn futex_wait(
     }
 }
 
+/// Wakes up to `n` waiters of a word private to this process (waited on as private).
+pub(crate) fn futex_wake_private(word: &AtomicU32, n: u32) -> usize {
+    let n = n.min(i32::MAX as u32);
+    futex::wake(word, futex::Flags::PRIVATE, n).unwrap_or(0)
+}
+
 /// Wakes up to `n` waiters of `word` in any process; returns how many were woken.
 pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
     // The kernel reads the count as a signed int: `u32::MAX` would be -1 and wake one waiter.
