@@ -91,7 +91,10 @@
 //! [`imap_unordered`](Pool::imap_unordered), [`starmap`](Pool::starmap); `close`,
 //! `terminate`, `join`. A task's panic, or the death of its worker, is that task's
 //! [`PoolError`]; the pool replaces the worker and goes on. Handles (a `Connection`) can be
-//! task arguments.
+//! task arguments. For large slices of plain data ([`Pod`]: numbers, arrays of them, your
+//! `#[repr(C)]` structs), [`map_pod`](Pool::map_pod) skips encoding: the items are copied
+//! once into the workers' shared memory and read there, the values made in place and copied
+//! once into the returned `Vec`.
 //! ## Queue
 //! [`Queue::new`]`(maxsize)` makes a FIFO queue that many processes [`put`](Queue::put) into
 //! and [`get`](Queue::get) from; pass it (or a clone) to children as an argument, send it
@@ -155,7 +158,9 @@
 //! - [`Process::join_async`] completes when the child's pidfd is readable;
 //! - [`Connection::recv_async`] and [`Queue::get_async`] / [`Queue::put_async`] wait on the
 //!   socket and on doorbells (eventfds) that a sender rings only when an async receiver waits,
-//!   so synchronous users pay nothing for them.
+//!   so synchronous users pay nothing for them;
+//! - [`Event::wait_async`] waits for an event that another process sets: a watcher thread
+//!   waits on the futex words of every pending future at once (`futex_waitv`).
 //!
 //! The futures need no particular runtime and no cargo feature: a reactor thread of the crate
 //! (one per process, started by the first future that waits) polls the descriptors with
@@ -183,7 +188,8 @@
 //! | a shared buffer | [`Array`], [`RawArray`], [`SharedMemory`] |
 //! | memory that unrelated processes find by name | [`SharedMemory::create`] / [`SharedMemory::open`] |
 //! | run many tasks on a few processes | [`Pool`] |
-//! | await results, processes, messages or queue items from async code | [`AsyncResult`] (a future), [`Process::join_async`], [`Connection::recv_async`], [`Queue::get_async`] |
+//! | await results, processes, messages, queue items or events from async code | [`AsyncResult`] (a future), [`Process::join_async`], [`Connection::recv_async`], [`Queue::get_async`], [`Event::wait_async`] |
+//! | map a large slice of numbers through processes, fast | [`Pool::map_pod`] |
 //! | talk to a process you did not start, or to a Python program | [`connection::Listener`], [`connection::Client`] |
 //! | a dict or queue shared across machines, or objects a server owns | [`managers::Manager`] |
 //!
@@ -206,7 +212,7 @@
 //! | `EOFError` | [`ConnectionError::Eof`] |
 //! | `Lock()`, `with lock:`, `lock.acquire(timeout=t)` | `Lock::new()?`, `let _g = lock.lock()`, `lock_timeout(t)` |
 //! | `RLock()`, `Semaphore(n)`, `BoundedSemaphore(n)` | `RLock::new()`, `Semaphore::new(n)`, `BoundedSemaphore::new(n)` |
-//! | `Event()`, `e.set()`, `e.wait(t)` | `Event::new()`, `set()`, `wait_timeout(t)` |
+//! | `Event()`, `e.set()`, `e.wait(t)` | `Event::new()`, `set()`, `wait_timeout(t)`; from async code `wait_async().await` |
 //! | `Condition()`, `c.wait_for(p)`, `c.notify_all()` | `Condition::new()`, `guard.wait_while(\|\| !p())`, `notify_all()` |
 //! | `Barrier(n)`, `b.wait()`, `BrokenBarrierError` | `Barrier::new(n)`, `wait()`, [`BarrierError`] |
 //! | `Value('q', 0)`, `v.get_lock()`, `v.value` | `Value::new(0i64)`, `v.lock()`, `get()`/`set()` |
@@ -238,6 +244,7 @@
 //! | `BaseManager(address, authkey).connect()`, `m.shutdown()` | `Manager::builder().address(a).authkey(k).connect()`, `shutdown()` |
 //! | `await loop.run_in_executor(ProcessPoolExecutor(), f, x)` | `pool.apply_async(f, x).await` |
 //! | `asyncio.gather(*(loop.run_in_executor(ex, f, x) for x in xs))` | `pool.map_async(f, xs).await`, or the `AsyncResult`s in a `FuturesUnordered` |
+//! | `pool.map(f, numpy_array)` (pickled both ways) | `pool.map_pod(f, xs)` (plain bytes, no encoding) |
 //! | `if __name__ == "__main__":` | [`init()`](init) first in `main` (optional on Linux) |
 
 #![deny(unsafe_code)]

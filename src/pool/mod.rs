@@ -15,6 +15,7 @@
 //! | `pool.map(f, xs, chunksize)` | [`map`](Pool::map), [`map_chunked`](Pool::map_chunked) |
 //! | `pool.map_async(f, xs, chunksize, callback, error_callback)` | [`map_async`](Pool::map_async), [`map_async_chunked`](Pool::map_async_chunked), [`map_async_with`](Pool::map_async_with) |
 //! | `pool.imap(f, xs, chunksize)`, `imap_unordered` | [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered) (+ `_chunked`) |
+//! | (none: Python pickles every item) | [`map_pod`](Pool::map_pod): plain data with no encoding (+ `_chunked`, `_async`) |
 //! | `pool.starmap(f, [(a, b), ...])`, `starmap_async` | [`starmap`](Pool::starmap), [`starmap_async`](Pool::starmap_async) |
 //! | `res.get()`, `res.get(t)`, `res.wait(t)`, `res.ready()`, `res.successful()` | [`AsyncResult`] |
 //! | `pool.close()`, `pool.terminate()`, `pool.join()`, `with Pool() as p:` | the same; dropping a pool is close + join |

@@ -129,13 +129,16 @@ struct Codec<R> {
     chunk: ChunkFn<R>,
 }
 
-type AppendFn<R> = fn(&mut Vec<R>, &[u8], Vec<OwnedFd>) -> Result<(), String>;
+/// `(output, bytes, descriptors, count)`: `count` is the number of values the unit holds.
+type AppendFn<R> = fn(&mut Vec<R>, &[u8], Vec<OwnedFd>, usize) -> Result<(), String>;
 type ChunkFn<R> = fn(usize, usize, &[u8], Vec<OwnedFd>, i32) -> Chunk<R>;
 
+/// (The count is checked after decoding, by the caller.)
 fn wire_append<R: DeserializeOwned>(
     out: &mut Vec<R>,
     values: &[u8],
     fds: Vec<OwnedFd>,
+    _count: usize,
 ) -> Result<(), String> {
     wire::decode_seed(
         values,
@@ -147,11 +150,20 @@ fn wire_append<R: DeserializeOwned>(
 }
 
 /// Appends the values of a plain-data unit (`u64 n`, then `n` values as their bytes) onto
-/// `out`, after checking that the bytes are exactly `n` values.
-fn pod_append<R: Pod>(out: &mut Vec<R>, values: &[u8], fds: Vec<OwnedFd>) -> Result<(), String> {
+/// `out`, after checking that they are the unit's `count` values and the bytes exactly that
+/// many (a worker's count is checked before it can make this process loop or allocate).
+fn pod_append<R: Pod>(
+    out: &mut Vec<R>,
+    values: &[u8],
+    fds: Vec<OwnedFd>,
+    count: usize,
+) -> Result<(), String> {
     let bad = || "malformed plain-data results".to_string();
     let (n, bytes) = values.split_first_chunk::<8>().ok_or_else(bad)?;
     let n = usize::try_from(u64::from_le_bytes(*n)).map_err(|_| bad())?;
+    if n != count {
+        return Err(format!("a worker returned {n} values for {count} items"));
+    }
     if !fds.is_empty() || n.checked_mul(std::mem::size_of::<R>()) != Some(bytes.len()) {
         return Err(bad());
     }
@@ -192,7 +204,7 @@ fn pod_chunk<R: Pod>(
     match u32::from_le_bytes(*kind) {
         task::ALL => {
             let mut values = Vec::new();
-            match pod_append(&mut values, rest, fds) {
+            match pod_append(&mut values, rest, fds, count) {
                 Ok(()) if values.len() == count => Chunk::Values(values),
                 Ok(()) => Chunk::Failed(wrong_count(pid).at(start, count)),
                 Err(e) => bad(e),
@@ -328,8 +340,9 @@ impl<R: Send + 'static> MapShared<R> {
         }
         let before = st.out.len();
         let append = self.codec.append;
-        let decoded =
-            task::unless_panic("decoding the result", || append(&mut st.out, values, fds));
+        let decoded = task::unless_panic("decoding the result", || {
+            append(&mut st.out, values, fds, count)
+        });
         let chunk = match decoded {
             Ok(()) if st.out.len() - before == count => {
                 st.next += count;
@@ -868,5 +881,57 @@ impl<R: DeserializeOwned + Send + 'static> Sink for StreamShared<R> {
             .map(|i| Err(err.clone().at(start + i, 1)))
             .collect();
         self.add(start, count, items);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(kind: u32, body: &[u8]) -> Vec<u8> {
+        let mut b = kind.to_le_bytes().to_vec();
+        b.extend_from_slice(body);
+        b
+    }
+
+    /// What a worker (or anything that can write its outbox) sends is checked before it is
+    /// believed: counts, lengths, item indices, kinds.
+    #[test]
+    fn hostile_plain_data_results_are_refused() {
+        // A count far past the unit's, for a zero-sized type: refused at once, not looped on.
+        let mut units: Vec<()> = Vec::new();
+        let e = pod_append(&mut units, &u64::MAX.to_le_bytes(), Vec::new(), 5).unwrap_err();
+        assert!(e.contains("values for 5 items"), "{e}");
+        assert!(units.is_empty());
+        // The right count with too few bytes, or too many.
+        let mut v: Vec<u64> = Vec::new();
+        let mut b = 2u64.to_le_bytes().to_vec();
+        b.extend_from_slice(&[0; 15]);
+        assert!(pod_append(&mut v, &b, Vec::new(), 2).is_err());
+        b.extend_from_slice(&[0; 2]);
+        assert!(pod_append(&mut v, &b, Vec::new(), 2).is_err());
+        assert!(v.is_empty());
+        b.pop();
+        pod_append(&mut v, &b, Vec::new(), 2).unwrap();
+        assert_eq!(v, [0, 0]);
+        // A panic said to be at an item outside the unit, an unknown kind, nothing at all.
+        let mut panicked = Vec::new();
+        wire::encode_into_vec(&(9u64, "boom".to_string()), &mut panicked).unwrap();
+        for bytes in [unit(task::PANICKED, &panicked), unit(77, &[]), Vec::new()] {
+            match pod_chunk::<u64>(10, 3, &bytes, Vec::new(), 1) {
+                Chunk::Failed(e) => assert!(e.to_string().contains("result"), "{e}"),
+                _ => panic!("accepted"),
+            }
+        }
+        // A panic inside the unit names its item.
+        let mut panicked = Vec::new();
+        wire::encode_into_vec(&(2u64, "boom".to_string()), &mut panicked).unwrap();
+        match pod_chunk::<u64>(10, 3, &unit(task::PANICKED, &panicked), Vec::new(), 1) {
+            Chunk::Failed(e) => {
+                assert_eq!(e.item(), Some(12));
+                assert_eq!(e.panic_message(), Some("boom"));
+            }
+            _ => panic!("not a failure"),
+        }
     }
 }
