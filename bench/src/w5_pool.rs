@@ -162,38 +162,35 @@ fn w5_ours(items: usize, runs: usize) -> Result<f64> {
 /// W5's measure on any pool: the median time of `runs` maps of `x * x` over `items` integers,
 /// after an untimed one.
 pub(crate) fn w5_map(pool: &Pool, items: usize, runs: usize) -> Result<f64> {
-    let input: Vec<u64> = (0..items as u64).collect();
-    let want: u64 = input.iter().fold(0u64, |a, x| a.wrapping_add(square(*x)));
-    let mut samples = Vec::new();
-    for run in 0..=runs {
-        let data = input.clone();
-        let start = Instant::now();
-        let out = pool.map(square, data)?;
-        let elapsed = start.elapsed().as_secs_f64();
-        check(
-            "W5",
-            out.iter().fold(0u64, |a, x| a.wrapping_add(*x)) == want,
-        )?;
-        if run > 0 {
-            samples.push(elapsed);
-        }
-    }
-    median(samples)
+    w5_measure("W5", items, runs, |data| Ok(pool.map(square, data)?))
 }
 
 /// W5 through `map_pod`: the same map, the items and values crossing as plain bytes.
 fn w5_pod(items: usize, runs: usize) -> Result<f64> {
     let pool = Pool::new(PROCESSES)?;
+    w5_measure("W5 map_pod", items, runs, |data| {
+        Ok(pool.map_pod(square, data)?)
+    })
+}
+
+/// The median time of `runs` calls of `map` on `items` integers (a fresh copy each time,
+/// made before the clock starts), after an untimed one; each call's values are checked.
+fn w5_measure(
+    what: &str,
+    items: usize,
+    runs: usize,
+    map: impl Fn(Vec<u64>) -> Result<Vec<u64>>,
+) -> Result<f64> {
     let input: Vec<u64> = (0..items as u64).collect();
     let want: u64 = input.iter().fold(0u64, |a, x| a.wrapping_add(square(*x)));
     let mut samples = Vec::new();
     for run in 0..=runs {
         let data = input.clone();
         let start = Instant::now();
-        let out = pool.map_pod(square, data)?;
+        let out = map(data)?;
         let elapsed = start.elapsed().as_secs_f64();
         check(
-            "W5 map_pod",
+            what,
             out.iter().fold(0u64, |a, x| a.wrapping_add(*x)) == want,
         )?;
         if run > 0 {
