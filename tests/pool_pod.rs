@@ -191,3 +191,36 @@ fn the_async_form_can_be_awaited_and_dropped() {
         assert_eq!(p.map_pod(square, xs).unwrap()[99_999], square(99_999));
     });
 }
+
+fn plus(x: u64) -> u64 {
+    x + 1
+}
+
+#[test]
+fn maps_from_several_threads_mixed_with_serde_tasks_keep_their_values() {
+    deadline(120, || {
+        let p = std::sync::Arc::new(pool(multiprocess::StartMethod::Fork, 2));
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let p = std::sync::Arc::clone(&p);
+                std::thread::spawn(move || {
+                    for round in 0..5u64 {
+                        let base = (t * 10 + round) << 32;
+                        let xs: Vec<u64> = (base..base + 50_000).collect();
+                        // Small chunks, so that batches mix plain-data units of several maps
+                        // with the serde tasks of the other threads.
+                        let ys = p.map_pod_chunked(plus, xs.clone(), 997).unwrap();
+                        assert!(ys.iter().zip(&xs).all(|(y, x)| *y == x + 1), "thread {t}");
+                        let rs: Vec<_> = (0..200).map(|i| p.apply_async(square, i)).collect();
+                        for (i, mut r) in rs.into_iter().enumerate() {
+                            assert_eq!(r.get().unwrap(), square(i as u64));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    });
+}
