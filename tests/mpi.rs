@@ -71,6 +71,7 @@ fn every_verb_on_worker_ranks_and_a_clean_exit() {
         "starmap ok",
         "async ok",
         "imap ok",
+        "map_pod ok",
         "ran on 2 worker ranks",
         "verbs done",
     ] {

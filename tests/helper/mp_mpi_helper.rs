@@ -80,6 +80,15 @@ fn main() {
             unordered.sort();
             assert_eq!(unordered, ordered);
             println!("imap ok");
+            // Plain data: the ranks run the buffer form of the plain-data entry.
+            let xs: Vec<u64> = (0..100_000).collect();
+            let ys = pool.map_pod(square, xs.clone()).unwrap();
+            assert!(ys.iter().zip(&xs).all(|(y, x)| *y == x * x));
+            let e = pool
+                .map_pod(boom, (0..10u32).collect::<Vec<_>>())
+                .unwrap_err();
+            assert_eq!(e.item(), Some(3), "{e}");
+            println!("map_pod ok");
             let pids: std::collections::BTreeSet<i32> = pool
                 .map_chunked(where_am_i, 0..64u32, 1)
                 .unwrap()
