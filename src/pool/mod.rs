@@ -702,13 +702,13 @@ impl Pool {
 
     /// As [`map`](Self::map) for plain data, with no encoding at all: the fastest way to
     /// map a large slice of numbers (or of your own `#[repr(C)]` structs deriving
-    /// [`Pod`](crate::Pod)) through the pool. Python has nothing like it: its pool pickles
+    /// [`Pod`]) through the pool. Python has nothing like it: its pool pickles
     /// every item both ways.
     ///
     /// Each chunk's items are copied once, as bytes, into the worker's shared memory; the
     /// worker reads them there in place, writes each value in place in its own shared memory,
     /// and the values are copied once into the returned `Vec`. Serde is not involved, so the
-    /// items need no `Serialize`; they cannot hold handles (a [`Pod`](crate::Pod) type holds
+    /// items need no `Serialize`; they cannot hold handles (a [`Pod`] type holds
     /// no pointer and no descriptor).
     ///
     /// The chunks are as for [`map`](Self::map) (CPython's `len / (4 * processes)`), kept
