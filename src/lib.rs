@@ -158,7 +158,8 @@
 //! - [`Process::join_async`] completes when the child's pidfd is readable;
 //! - [`Connection::recv_async`] and [`Queue::get_async`] / [`Queue::put_async`] wait on the
 //!   socket and on doorbells (eventfds) that a sender rings only when an async receiver waits,
-//!   so synchronous users pay nothing for them;
+//!   so synchronous users pay nothing for them; [`Connection::send_async`] waits for room in
+//!   a full pipe without blocking its thread;
 //! - [`Event::wait_async`] waits for an event that another process sets: a watcher thread
 //!   waits on the futex words of every pending future at once (`futex_waitv`).
 //!

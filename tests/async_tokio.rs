@@ -399,3 +399,110 @@ fn event_wait_async_under_every_method_with_many_waiters_and_cancellation() {
         });
     });
 }
+
+/// Waits `ms`, then reads messages until the `u64::MAX` sentinel and sends back how many and
+/// their sum.
+fn slow_reader((conn, ms): (Connection, u64)) {
+    std::thread::sleep(Duration::from_millis(ms));
+    let (mut n, mut sum) = (0u64, 0u64);
+    loop {
+        let (k, _pad): (u64, Vec<u8>) = conn.recv().unwrap();
+        if k == u64::MAX {
+            break;
+        }
+        n += 1;
+        sum += k;
+    }
+    conn.send(&(n, sum)).unwrap();
+}
+
+fn reads_nothing(conn: Connection) {
+    std::thread::sleep(Duration::from_millis(200));
+    drop(conn);
+}
+
+#[test]
+fn send_async_waits_for_room_without_blocking_the_runtime() {
+    deadline(120, || {
+        // One thread: a send that blocked its thread would stop the heartbeat too.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for m in METHODS {
+                let (ours, theirs) = Pipe::new().unwrap();
+                let mut p = Process::builder()
+                    .start_method(m)
+                    .start(slow_reader, (theirs, 300))
+                    .unwrap();
+                let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+                let t = ticks.clone();
+                let heartbeat = tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        t.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+                // 1,000 messages of about 1 KiB: many times the 64 KiB ring. The first send
+                // that finds the ring full (the reader sleeps) is dropped while it waits for
+                // room: nothing of it may arrive. The next one waits for room with the
+                // runtime going on (one thread: a blocked thread would stop the heartbeat).
+                let pad = vec![7u8; 1000];
+                let (mut sent, mut cancelled, mut waited) = (0u64, None, false);
+                for k in 0..1000u64 {
+                    if cancelled.is_none() {
+                        let msg = (k, &pad);
+                        let send = ours.send_async(&msg);
+                        match tokio::time::timeout(Duration::from_millis(20), send).await {
+                            Ok(r) => {
+                                r.unwrap();
+                                sent += k;
+                            }
+                            Err(_) => cancelled = Some(k),
+                        }
+                        continue;
+                    }
+                    let before = ticks.load(std::sync::atomic::Ordering::Relaxed);
+                    let start = std::time::Instant::now();
+                    ours.send_async(&(k, &pad)).await.unwrap();
+                    sent += k;
+                    if start.elapsed() > Duration::from_millis(100) {
+                        waited = true;
+                        let during = ticks.load(std::sync::atomic::Ordering::Relaxed) - before;
+                        assert!(during >= 3, "{m}: the runtime was blocked ({during} ticks)");
+                    }
+                }
+                assert!(cancelled.is_some(), "{m}: the ring never filled");
+                assert!(waited, "{m}: no send waited for the sleeping reader");
+                ours.send_async(&(u64::MAX, Vec::<u8>::new()))
+                    .await
+                    .unwrap();
+                let (n, sum): (u64, u64) = ours.recv_async().await.unwrap();
+                assert_eq!((n, sum), (999, sent), "{m}: cancelled at {cancelled:?}");
+                heartbeat.abort();
+                p.join_async().await.unwrap();
+            }
+
+            // A reader that dies: the waiting send ends with BrokenPipe, not a hang.
+            let (ours, theirs) = Pipe::new().unwrap();
+            let mut p = Process::new(reads_nothing, theirs);
+            p.start().unwrap();
+            let pad = vec![1u8; 1000];
+            let mut result = Ok(());
+            for k in 0..1000u64 {
+                result = tokio::time::timeout(Duration::from_secs(20), ours.send_async(&(k, &pad)))
+                    .await
+                    .expect("a send to a dead reader hung");
+                if result.is_err() {
+                    break;
+                }
+            }
+            assert!(
+                matches!(result, Err(multiprocess::ConnectionError::BrokenPipe)),
+                "{result:?}"
+            );
+            p.join_async().await.unwrap();
+        });
+    });
+}

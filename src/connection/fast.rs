@@ -268,7 +268,9 @@ impl<'a> Dir<'a> {
             && self.writer_waits().swap(0, Ordering::SeqCst) != 0
         {
             self.space().fetch_add(1, Ordering::SeqCst);
-            futex_wake(self.space(), 1);
+            // Every waiter: a thread holding the writer lock, and a pending `send_async` that
+            // holds no lock (its watcher waits on this word too).
+            futex_wake(self.space(), u32::MAX);
         }
     }
 }
@@ -530,6 +532,15 @@ impl Fast {
         socket::peer_closed(sock)
     }
 
+    /// The word the reader moves on when it frees room in this end's outbound ring, and what
+    /// keeps it mapped (for a `send_async` waiting for room, see `Pushed::Full`).
+    pub(crate) fn space_word(&self) -> (&AtomicU32, Arc<dyn Send + Sync>) {
+        (
+            self.outbound().space(),
+            Arc::clone(&self.shared) as Arc<dyn Send + Sync>,
+        )
+    }
+
     /// Takes the writer lock (shared by every thread and process holding this end).
     pub(crate) fn lock_writer(&self) -> Writer<'_> {
         let d = self.outbound();
@@ -588,7 +599,19 @@ impl Writer<'_> {
     ) -> Result<(), ConnectionError> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         debug_assert!(len <= self.fast.max_inline());
-        self.push(KIND_DATA, parts, len, sock)
+        self.push(KIND_DATA, parts, len, sock, true).map(|_| ())
+    }
+
+    /// As [`push_data`](Self::push_data) without waiting for room: [`Pushed::Full`] (nothing
+    /// written) when the ring has none now. The reader moves the `space` word on from the
+    /// epoch given when it frees some (see the module notes).
+    pub(crate) fn try_push_data(
+        &self,
+        parts: &[&[u8]],
+        sock: BorrowedFd<'_>,
+    ) -> Result<Pushed, ConnectionError> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.push(KIND_DATA, parts, len, sock, false)
     }
 
     /// Appends the marker of a frame, then sends the frame (`parts`, header included) on the
@@ -599,7 +622,7 @@ impl Writer<'_> {
         fds: &[BorrowedFd<'_>],
         sock: BorrowedFd<'_>,
     ) -> Result<(), ConnectionError> {
-        self.push(KIND_SOCKET, &[], 0, sock)?;
+        self.push(KIND_SOCKET, &[], 0, sock, true)?;
         let d = self.fast.outbound();
         d.frame_open().store(1, Ordering::SeqCst);
         let sent = socket::send_all(sock, parts, fds);
@@ -611,13 +634,16 @@ impl Writer<'_> {
         sent.map_err(ConnectionError::from)
     }
 
+    /// Appends a record, waiting for room if `wait`; otherwise `Pushed::Full` when there is
+    /// none (and nothing is written).
     fn push(
         &self,
         kind: u32,
         parts: &[&[u8]],
         len: usize,
         sock: BorrowedFd<'_>,
-    ) -> Result<(), ConnectionError> {
+        wait: bool,
+    ) -> Result<Pushed, ConnectionError> {
         let fast = self.fast;
         if fast.peer_gone(sock)? {
             return Err(ConnectionError::BrokenPipe);
@@ -638,7 +664,9 @@ impl Writer<'_> {
         let pos = (tail as usize) & (d.cap - 1);
         let to_end = d.cap - pos;
         let pad = if need > to_end { to_end } else { 0 };
-        self.wait_room(d, tail, pad + need, sock)?;
+        if let Some(epoch) = self.room(d, tail, pad + need, sock, wait)? {
+            return Ok(Pushed::Full { epoch });
+        }
         if pad > 0 {
             d.write_header(pos, 0, KIND_PAD);
             tail = tail.wrapping_add(pad as u64);
@@ -655,38 +683,41 @@ impl Writer<'_> {
         if d.armed().load(Ordering::SeqCst) != 0 && d.armed().swap(0, Ordering::SeqCst) != 0 {
             doorbell::ring(fast.shared.doorbells[fast.end].as_fd());
         }
-        Ok(())
+        Ok(Pushed::Done)
     }
 
-    /// Waits until `need` bytes are free after `tail`; `BrokenPipe` if the peer goes away.
-    fn wait_room(
+    /// `None` once `need` bytes are free after `tail`, waiting for them if `wait` (then
+    /// `BrokenPipe` if the peer goes away meanwhile); without `wait`, `Some(epoch)` when they
+    /// are not free now, after registering as a writer waiting for room.
+    fn room(
         &self,
         d: Dir<'_>,
         tail: u64,
         need: usize,
         sock: BorrowedFd<'_>,
-    ) -> Result<(), ConnectionError> {
+        wait: bool,
+    ) -> Result<Option<u32>, ConnectionError> {
         let fits =
             |head: u64| (d.cap as u64).saturating_sub(tail.wrapping_sub(head)) >= need as u64;
         // `head` only grows, so room seen free once stays free: look at the shared word (in
         // the reader's cache) only when the copy says the ring may be full.
         if fits(self.fast.last_head.load(Ordering::Relaxed)) {
-            return Ok(());
+            return Ok(None);
         }
         let fresh = || {
             let head = d.head().load(Ordering::Acquire);
             self.fast.last_head.fetch_max(head, Ordering::Relaxed);
             fits(head)
         };
-        if fresh() || spin(None, fresh) {
-            return Ok(());
+        if fresh() || (wait && spin(None, fresh)) {
+            return Ok(None);
         }
         loop {
             let epoch = d.space().load(Ordering::SeqCst);
             d.writer_waits().store(1, Ordering::SeqCst);
             let head = d.head().load(Ordering::SeqCst);
             if fits(head) {
-                return Ok(());
+                return Ok(None);
             }
             // A head ahead of the tail, or more than a ring behind it, is no position the
             // reader can have left: waiting for room would wait forever.
@@ -696,6 +727,9 @@ impl Writer<'_> {
                      longer sends through it"
                 )));
             }
+            if !wait {
+                return Ok(Some(epoch));
+            }
             if futex_wait(d.space(), epoch, Some(ROOM_SLICE))? == Woken::TimedOut
                 && socket::peer_closed(sock)?
             {
@@ -703,6 +737,14 @@ impl Writer<'_> {
             }
         }
     }
+}
+
+/// How a push without waiting ended.
+pub(crate) enum Pushed {
+    /// The record is in the ring.
+    Done,
+    /// No room now; the reader moves the `space` word on from `epoch` when it frees some.
+    Full { epoch: u32 },
 }
 
 /// The next inbound record.

@@ -728,19 +728,55 @@ impl Connection {
 
     /// Sends a serde value from async code.
     ///
-    /// A send does not wait for the receiver unless the way is full (a message into a full
-    /// shared ring, or a frame larger than the socket's free buffer, while the peer is not
-    /// reading): then this call blocks its thread until the peer reads, as
-    /// [`send`](Self::send) does. The future completes in its first poll, so dropping it
-    /// never leaves half a message: a message is sent whole or not at all.
+    /// A send does not wait for the receiver unless the way is full. A message that goes
+    /// through a `Pipe`'s shared ring (a small one without handles, the common case) waits
+    /// for room without blocking a thread: the crate's futex watcher waits on the ring's room
+    /// word (as [`Event::wait_async`](crate::Event::wait_async) does) and looks every 50 ms
+    /// whether the peer still lives ([`BrokenPipe`](ConnectionError::BrokenPipe) if not). A
+    /// frame on the socket (a large message, one holding handles, or any message of a
+    /// `Listener`/`Client` connection) is written as [`send`](Self::send) writes it: while
+    /// the socket's buffer is full and the peer does not read, this call blocks its thread.
+    ///
+    /// Cancellation: a message is sent whole or not at all. Dropping the future while it
+    /// waits for room sends nothing; once it is written, the future is complete.
     ///
     /// # Errors
     /// As [`send`](Self::send).
+    ///
+    /// # Examples
+    /// ```
+    /// use multiprocess::{Connection, Pipe, Process};
+    ///
+    /// fn echo(conn: Connection) {
+    ///     let s: String = conn.recv().unwrap();
+    ///     conn.send(&s.to_uppercase()).unwrap();
+    /// }
+    ///
+    /// let (parent, child) = Pipe::new()?;
+    /// let mut p = Process::new(echo, child);
+    /// p.start()?;
+    /// # let block_on = |f| multiprocess::__block_on(f);
+    /// let reply: String = block_on(async {
+    ///     parent.send_async("quiet").await?;
+    ///     parent.recv_async().await
+    /// })?;
+    /// assert_eq!(reply, "QUIET");
+    /// p.join()?;
+    /// # Ok::<(), multiprocess::Error>(())
+    /// ```
     pub async fn send_async<T: Serialize + ?Sized>(
         &self,
         value: &T,
     ) -> Result<(), ConnectionError> {
-        self.send(value)
+        let handle::Encoded { bytes, fds: raw } =
+            handle::encode(value).map_err(|e| ConnectionError::Encode(e.0))?;
+        if raw.is_empty() {
+            return self.send_bytes_async(&bytes).await;
+        }
+        // SAFETY: `value` is borrowed for this whole call, so its descriptors stay open.
+        #[allow(unsafe_code)]
+        let fds = unsafe { handle::borrow_all(&raw) };
+        self.send_encoded_parts(&[&bytes], &fds)
     }
 
     /// Sends raw bytes from async code (see [`send_async`](Self::send_async)).
@@ -748,7 +784,32 @@ impl Connection {
     /// # Errors
     /// As [`send_bytes`](Self::send_bytes).
     pub async fn send_bytes_async(&self, bytes: &[u8]) -> Result<(), ConnectionError> {
-        self.send_bytes(bytes)
+        let fast = match &self.fast {
+            Some(fast) if self.writable && bytes.len() <= fast.max_inline() => fast,
+            _ => return self.send_bytes(bytes),
+        };
+        let mut watch = crate::sys::reactor::FutexWatch::new();
+        std::future::poll_fn(|cx| {
+            let pushed = fast.lock_writer().try_push_data(&[bytes], self.fd.as_fd());
+            let epoch = match pushed {
+                Ok(fast::Pushed::Done) => return std::task::Poll::Ready(Ok(())),
+                Ok(fast::Pushed::Full { epoch }) => epoch,
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            };
+            // Woken when the reader frees room, and at the end of each slice to look at the
+            // peer again (the next try does, first thing).
+            let (space, owner) = fast.space_word();
+            let slice = Instant::now().checked_add(fast::ROOM_SLICE);
+            match watch.watch(owner, space, epoch, slice, cx.waker()) {
+                Ok(()) => std::task::Poll::Pending,
+                // No futex_waitv (Linux before 5.16): wait for room in this thread.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    std::task::Poll::Ready(self.send_bytes(bytes))
+                }
+                Err(e) => std::task::Poll::Ready(Err(e.into())),
+            }
+        })
+        .await
     }
 
     async fn receive_async<S: Sink + Copy>(&self, sink: S) -> Result<S::Out, ConnectionError> {

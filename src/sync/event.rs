@@ -229,7 +229,7 @@ impl Event {
                 return std::task::Poll::Pending;
             }
             let owner = Arc::clone(&self.tagged.region) as Arc<dyn Send + Sync>;
-            match parked.watch.watch(owner, state, start, cx.waker()) {
+            match parked.watch.watch(owner, state, start, None, cx.waker()) {
                 Ok(()) => std::task::Poll::Pending,
                 Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                     let (event, waker) = (self.clone(), cx.waker().clone());

@@ -172,6 +172,9 @@ struct Watched {
     owner: Arc<dyn Send + Sync>,
     word: *const std::sync::atomic::AtomicU32,
     expected: u32,
+    /// Woken at this time even if the word did not change (to look at something else, such
+    /// as whether a peer still lives).
+    deadline: Option<std::time::Instant>,
     waker: Waker,
 }
 
@@ -192,14 +195,20 @@ impl Watcher {
             waits[0].val = u64::from(control);
             waits[0].uaddr = futex::WaitPtr::new(self.control.as_ptr().cast());
             waits[0].flags = futex::WaitFlags::SIZE_U32 | futex::WaitFlags::PRIVATE;
+            let mut next_deadline: Option<std::time::Instant> = None;
             let woken: Vec<Waker> = {
                 let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
                 let mut woken = Vec::new();
+                let now = std::time::Instant::now();
                 entries.retain(|e| {
                     // SAFETY: `owner` keeps the word mapped while the entry exists.
                     #[allow(unsafe_code)]
-                    let now = unsafe { &*e.word }.load(Ordering::Acquire);
-                    if now == e.expected {
+                    let value = unsafe { &*e.word }.load(Ordering::Acquire);
+                    let due = e.deadline.is_some_and(|d| d <= now);
+                    if value == e.expected && !due {
+                        if let Some(d) = e.deadline {
+                            next_deadline = Some(next_deadline.map_or(d, |n| n.min(d)));
+                        }
                         return true;
                     }
                     woken.push(e.waker.clone());
@@ -220,13 +229,26 @@ impl Watcher {
             }
             // Every word is re-read against its expected value by the kernel under its lock,
             // so a change after the scan above makes this return at once (EAGAIN).
+            // `futex_waitv` takes an absolute time on the monotonic clock.
+            let timeout = next_deadline.map(|d| {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+                let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
+                rustix::time::Timespec {
+                    tv_sec: now.tv_sec + left.as_secs() as i64 + (nanos / 1_000_000_000) as i64,
+                    tv_nsec: (nanos % 1_000_000_000) as _,
+                }
+            });
             match futex::waitv(
                 &waits,
                 futex::WaitvFlags::empty(),
-                None,
+                timeout.as_ref(),
                 rustix::time::ClockId::Monotonic,
             ) {
-                Ok(_) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+                Ok(_)
+                | Err(rustix::io::Errno::AGAIN)
+                | Err(rustix::io::Errno::INTR)
+                | Err(rustix::io::Errno::TIMEDOUT) => {}
                 // The words are mapped and aligned, and at most `WAITV_MAX`: this cannot
                 // happen. Should it, every future is woken (to poll again and find the
                 // watcher broken) rather than left waiting.
@@ -262,12 +284,14 @@ impl FutexWatch {
     }
 
     /// Wakes `waker` once `word` (inside the mapping `owner` keeps alive) differs from
-    /// `expected`. `Err(Unsupported)` before Linux 5.16 (no `futex_waitv`).
+    /// `expected`, or at `deadline`. `Err(Unsupported)` before Linux 5.16 (no
+    /// `futex_waitv`).
     pub(crate) fn watch(
         &mut self,
         owner: Arc<dyn Send + Sync>,
         word: &std::sync::atomic::AtomicU32,
         expected: u32,
+        deadline: Option<std::time::Instant>,
         waker: &Waker,
     ) -> io::Result<()> {
         self.unwatch();
@@ -277,6 +301,7 @@ impl FutexWatch {
             owner,
             word,
             expected,
+            deadline,
             waker: waker.clone(),
         })?;
         watcher.poke();
