@@ -260,14 +260,15 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         let mut bounds: Vec<usize> = Vec::with_capacity(units.len() + 1);
         // A batch of plain-data units only, with large results, is written straight into the
         // outbox when the pool is done with it: the values are made in place, never copied.
-        let mut direct = match direct_need(&units) {
-            Some(need) => out.reserve(&conn, consumed, need),
-            None => None,
-        };
+        let need = direct_need(&units);
+        let mut direct = need.and_then(|need| out.reserve(&conn, consumed, need));
         let mut pos = 0;
-        let mut reserved: usize = direct
-            .as_ref()
-            .map_or(0, |_| direct_need(&units).unwrap_or(0));
+        // The bytes kept for the units not run yet.
+        let mut reserved: usize = if direct.is_some() {
+            need.unwrap_or(0)
+        } else {
+            0
+        };
         for (h, args, fds) in units {
             count = count.wrapping_add(1);
             started.store(count, Ordering::Release);

@@ -249,6 +249,10 @@ impl Watcher {
                 | Err(rustix::io::Errno::AGAIN)
                 | Err(rustix::io::Errno::INTR)
                 | Err(rustix::io::Errno::TIMEDOUT) => {}
+                // A word unmapped between the scan and this call: its future was dropped
+                // (its entry is gone, so the next scan leaves it out) and the last holder of
+                // its mapping let go. The kernel checked the address; nothing was touched.
+                Err(rustix::io::Errno::FAULT) => {}
                 // The words are mapped and aligned, and at most `WAITV_MAX`: this cannot
                 // happen. Should it, every future is woken (to poll again and find the
                 // watcher broken) rather than left waiting.
@@ -273,7 +277,10 @@ impl Watcher {
 }
 
 /// A future's watch of one futex word: its waker is woken once the word no longer holds the
-/// value given to [`watch`](Self::watch). Leaves nothing behind when dropped.
+/// value given to [`watch`](Self::watch). Leaves nothing behind when dropped. (The watcher
+/// thread reads a word only under its list's lock, while the entry keeps the mapping alive;
+/// the kernel may find a word unmapped meanwhile, which the thread takes as a reason to look
+/// again.)
 pub(crate) struct FutexWatch {
     at: Option<(Arc<Watcher>, u64)>,
 }
