@@ -106,21 +106,13 @@ impl ChildShared {
     fn wait(&self, timeout: Option<Duration>) -> io::Result<bool> {
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let status_open = {
-                let st = self.state();
-                if st.exit.is_some() {
-                    return Ok(true);
-                }
-                !st.status_closed
-            };
-            let Some(sentinel) = self.sentinel_now() else {
+            if self.state().exit.is_some() {
+                return Ok(true);
+            }
+            let Some(fds) = self.wait_fds() else {
                 self.reap();
                 return Ok(true);
             };
-            let mut fds = vec![sentinel];
-            if status_open {
-                fds.push(self.status.as_fd());
-            }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let ready = socket::poll_readable(&fds, left)?;
             if ready.get(1) == Some(&true) {
@@ -170,15 +162,16 @@ impl ChildShared {
         self.sentinel.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// What `wait` watches: the sentinel (pidfd, or the fork server's signal descriptor),
-    /// and the status channel while it is open.
-    fn wait_fds(&self) -> Vec<BorrowedFd<'_>> {
+    /// What a wait for the child watches: the sentinel (pidfd, or the fork server's signal
+    /// descriptor) first, then the status channel while it is open. `None` when there is no
+    /// sentinel any more: the child has ended and can be reaped.
+    fn wait_fds(&self) -> Option<Vec<BorrowedFd<'_>>> {
         let status_open = !self.state().status_closed;
-        let mut fds: Vec<BorrowedFd<'_>> = self.sentinel_now().into_iter().collect();
+        let mut fds = vec![self.sentinel_now()?];
         if status_open {
             fds.push(self.status.as_fd());
         }
-        fds
+        Some(fds)
     }
 
     /// Reads one complete status message if there is one.
@@ -637,7 +630,11 @@ impl<R: DeserializeOwned> Process<R> {
                 return std::task::Poll::Ready(Ok(()));
             }
             let child = Arc::clone(self.started("join")?);
-            interest.arm(&child.wait_fds(), cx.waker())?;
+            match child.wait_fds() {
+                Some(fds) => interest.arm(&fds, cx.waker())?,
+                // The sentinel went away since the look above: the next poll reaps.
+                None => cx.waker().wake_by_ref(),
+            }
             std::task::Poll::Pending
         })
         .await
