@@ -23,17 +23,25 @@ pub(crate) struct Reactor {
     next: AtomicU64,
 }
 
-/// This process's reactor, and the pid it was made in (a forked child makes its own: the
-/// thread does not exist there).
-static REACTOR: Mutex<Option<(i32, Arc<Reactor>)>> = Mutex::new(None);
+/// This process's reactor (see [`this_process`]).
+static REACTOR: Mutex<Option<(i32, Option<Arc<Reactor>>)>> = Mutex::new(None);
+
+/// The part of a process-wide `slot` that belongs to this process. A slot remembers the pid
+/// it was filled in: a forked child finds its parent's there, whose threads it does not have,
+/// and starts afresh.
+fn this_process<T: Default>(slot: &mut Option<(i32, T)>) -> &mut T {
+    let pid = super::process::getpid();
+    if slot.as_ref().is_some_and(|(p, _)| *p != pid) {
+        *slot = None;
+    }
+    &mut slot.get_or_insert_with(|| (pid, T::default())).1
+}
 
 fn reactor() -> io::Result<Arc<Reactor>> {
-    let mut r = REACTOR.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = super::process::getpid();
-    if let Some((p, reactor)) = r.as_ref() {
-        if *p == pid {
-            return Ok(reactor.clone());
-        }
+    let mut slot = REACTOR.lock().unwrap_or_else(|p| p.into_inner());
+    let mine = this_process(&mut slot);
+    if let Some(reactor) = mine {
+        return Ok(reactor.clone());
     }
     let reactor = Arc::new(Reactor {
         epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
@@ -44,7 +52,7 @@ fn reactor() -> io::Result<Arc<Reactor>> {
     std::thread::Builder::new()
         .name("multiprocess-reactor".into())
         .spawn(move || running.run())?;
-    *r = Some((pid, reactor.clone()));
+    *mine = Some(reactor.clone());
     Ok(reactor)
 }
 
@@ -182,7 +190,7 @@ struct Watched {
 #[allow(unsafe_code)]
 unsafe impl Send for Watched {}
 
-/// This process's watchers, and the pid they were made in (as for the reactor).
+/// This process's watchers (see [`this_process`]).
 static WATCHERS: Mutex<Option<(i32, Vec<Arc<Watcher>>)>> = Mutex::new(None);
 static NEXT_WATCH: AtomicU64 = AtomicU64::new(1);
 
@@ -365,13 +373,7 @@ fn add_watch(entry: Watched) -> io::Result<Arc<Watcher>> {
     }
     // Held while a watcher is chosen and filled, so that none takes more than it can wait on.
     let mut all = WATCHERS.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = super::process::getpid();
-    if all.as_ref().is_none_or(|(p, _)| *p != pid) {
-        *all = Some((pid, Vec::new()));
-    }
-    let Some((_, list)) = all.as_mut() else {
-        return Err(io::Error::other("no watcher list"));
-    };
+    let list = this_process(&mut all);
     list.retain(|w| !w.broken.load(Ordering::Acquire));
     for w in list.iter() {
         let mut entries = w.entries.lock().unwrap_or_else(|p| p.into_inner());
