@@ -158,49 +158,27 @@ fn check_shape(p: &[u8]) -> Result<(), String> {
                 stack.truncate(m);
             }
             b'2' => stack.push(*stack.last().ok_or_else(malformed)?),
-            // Scalars: fixed-size arguments.
+            // Scalars: no argument, or a fixed-size one.
             b'N' | b'\x88' | b'\x89' => stack.push(SCALAR),
-            b'K' => {
-                take(&mut at, 1)?;
+            b'K' | b'M' | b'J' | b'G' | b'\x82' | b'\x83' | b'\x84' => {
+                let size = match op {
+                    b'K' | b'\x82' => 1,
+                    b'M' | b'\x83' => 2,
+                    b'J' | b'\x84' => 4,
+                    _ => 8,
+                };
+                take(&mut at, size)?;
                 stack.push(SCALAR);
             }
-            b'M' => {
-                take(&mut at, 2)?;
-                stack.push(SCALAR);
-            }
-            b'J' => {
-                take(&mut at, 4)?;
-                stack.push(SCALAR);
-            }
-            b'G' => {
-                take(&mut at, 8)?;
-                stack.push(SCALAR);
-            }
-            b'\x82' => {
-                take(&mut at, 1)?;
-                stack.push(SCALAR);
-            }
-            b'\x83' => {
-                take(&mut at, 2)?;
-                stack.push(SCALAR);
-            }
-            b'\x84' => {
-                take(&mut at, 4)?;
-                stack.push(SCALAR);
-            }
-            // Scalars: length-prefixed arguments.
-            b'U' | b'C' | b'\x8c' | b'\x8a' => {
-                let n = take(&mut at, 1)?[0] as usize;
-                take(&mut at, n)?;
-                stack.push(SCALAR);
-            }
-            b'T' | b'X' | b'B' | b'\x8b' => {
-                let n = le(take(&mut at, 4)?) as usize;
-                take(&mut at, n)?;
-                stack.push(SCALAR);
-            }
-            b'\x8d' | b'\x8e' | b'\x96' => {
-                let n = usize::try_from(le(take(&mut at, 8)?)).map_err(|_| short())?;
+            // Scalars: arguments after a 1-, 4- or 8-byte length.
+            b'U' | b'C' | b'\x8c' | b'\x8a' | b'T' | b'X' | b'B' | b'\x8b' | b'\x8d' | b'\x8e'
+            | b'\x96' => {
+                let width = match op {
+                    b'U' | b'C' | b'\x8c' | b'\x8a' => 1,
+                    b'T' | b'X' | b'B' | b'\x8b' => 4,
+                    _ => 8,
+                };
+                let n = usize::try_from(le(take(&mut at, width)?)).map_err(|_| short())?;
                 take(&mut at, n)?;
                 stack.push(SCALAR);
             }
