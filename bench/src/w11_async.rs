@@ -36,22 +36,31 @@ fn systems(config: Config) -> Vec<System> {
         }),
     ];
     if python::available() {
-        let args = [tasks.to_string()];
-        systems.push(System::new("python/run_in_executor", move || {
-            let (done, elapsed) = python::transfer(PY_EXECUTOR, &args)?;
-            Ok(done as f64 / elapsed.as_secs_f64())
-        }));
+        systems.push(python_system(
+            "python/run_in_executor",
+            "run_in_executor",
+            tasks,
+        ));
         if python::imports("aiomultiprocess") {
-            let args = [tasks.to_string()];
-            systems.push(System::new("python/aiomultiprocess", move || {
-                let (done, elapsed) = python::transfer(PY_AIOMP, &args)?;
-                Ok(done as f64 / elapsed.as_secs_f64())
-            }));
+            systems.push(python_system(
+                "python/aiomultiprocess",
+                "aiomultiprocess",
+                tasks,
+            ));
         } else {
             eprintln!("note: aiomultiprocess is not installed: skipping python/aiomultiprocess");
         }
     }
     systems
+}
+
+/// Python's `tasks` awaits gathered, through the pool `kind` names (see [`PY_GATHER`]).
+fn python_system(name: &'static str, kind: &'static str, tasks: usize) -> System {
+    let args = [tasks.to_string(), kind.to_string()];
+    System::new(name, move || {
+        let (done, elapsed) = python::transfer(PY_GATHER, &args)?;
+        Ok(done as f64 / elapsed.as_secs_f64())
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -137,70 +146,53 @@ fn spawn_blocking(tasks: usize) -> Result<f64> {
     })
 }
 
-/// argv: tasks. Prints {"bytes": tasks, "elapsed_ns": ...} of the second round.
-const PY_EXECUTOR: &str = r#"
+/// argv: tasks, pool (`run_in_executor`: `loop.run_in_executor` on a
+/// `ProcessPoolExecutor` of 2 fork workers; `aiomultiprocess`: its `Pool(2)`). Prints
+/// {"bytes": tasks, "elapsed_ns": ...} of the second of two rounds of `asyncio.gather`.
+const PY_GATHER: &str = r#"
 import asyncio
 import json
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 
 def trivial(x):
     return x + 1
 
 
-async def rounds(tasks):
-    loop = asyncio.get_running_loop()
-    ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
-        for _ in range(2):
-            t0 = time.perf_counter_ns()
-            results = await asyncio.gather(
-                *(loop.run_in_executor(ex, trivial, i) for i in range(tasks))
-            )
-            elapsed = time.perf_counter_ns() - t0
-            assert sum(results) == tasks * (tasks + 1) // 2
-    return elapsed
-
-
-def main():
-    tasks = int(sys.argv[1])
-    elapsed = asyncio.run(rounds(tasks))
-    print(json.dumps({"bytes": tasks, "elapsed_ns": elapsed}))
-
-
-if __name__ == "__main__":
-    main()
-"#;
-
-const PY_AIOMP: &str = r#"
-import asyncio
-import json
-import sys
-import time
-
-import aiomultiprocess
-
-
-async def trivial(x):
+async def trivial_async(x):
     return x + 1
 
 
-async def rounds(tasks):
-    async with aiomultiprocess.Pool(2) as pool:
-        for _ in range(2):
-            t0 = time.perf_counter_ns()
-            results = await asyncio.gather(*(pool.apply(trivial, (i,)) for i in range(tasks)))
-            elapsed = time.perf_counter_ns() - t0
-            assert sum(results) == tasks * (tasks + 1) // 2
+async def gather_rounds(tasks, submit):
+    for _ in range(2):
+        t0 = time.perf_counter_ns()
+        results = await asyncio.gather(*(submit(i) for i in range(tasks)))
+        elapsed = time.perf_counter_ns() - t0
+        assert sum(results) == tasks * (tasks + 1) // 2
     return elapsed
 
 
+async def rounds(tasks, kind):
+    if kind == "run_in_executor":
+        from concurrent.futures import ProcessPoolExecutor
+
+        loop = asyncio.get_running_loop()
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+            return await gather_rounds(
+                tasks, lambda i: loop.run_in_executor(ex, trivial, i)
+            )
+    import aiomultiprocess
+
+    async with aiomultiprocess.Pool(2) as pool:
+        return await gather_rounds(tasks, lambda i: pool.apply(trivial_async, (i,)))
+
+
 def main():
-    tasks = int(sys.argv[1])
-    elapsed = asyncio.run(rounds(tasks))
+    tasks, kind = int(sys.argv[1]), sys.argv[2]
+    elapsed = asyncio.run(rounds(tasks, kind))
     print(json.dumps({"bytes": tasks, "elapsed_ns": elapsed}))
 
 
