@@ -280,7 +280,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
                 let values = values as usize;
                 reserved -= ResultHeader::SIZE + 12 + values;
                 bounds.push(pos);
-                match write_pod_direct(dst, pos, reserved, &h, entry, values, args) {
+                match write_pod_direct(dst, pos, reserved, h.id, entry, values, args) {
                     Ok(end) => pos = end,
                     Err(failed) => {
                         // A failure's message does not fit where the values would have
@@ -366,15 +366,16 @@ fn direct_need(units: &[Part<'_, UnitHeader>]) -> Option<usize> {
         .then_some(need)
 }
 
-/// Runs a plain-data unit straight into the outbox `dst` at `pos`: its result header, then
-/// `ALL, n` and the values, made in place. `reserved` bytes after this unit's space are kept
-/// for the units after it. Returns where the next unit goes; or, when the unit failed with a
-/// message too long for its space, its whole result (header included) to go in the buffer.
+/// Runs the plain-data unit `id` straight into the outbox `dst` at `pos`: its result header,
+/// then `ALL, n` and the values, made in place. `reserved` bytes after this unit's space are
+/// kept for the units after it. Returns where the next unit goes; or, when the unit failed
+/// with a message too long for its space, its whole result (header included) to go in the
+/// buffer.
 fn write_pod_direct(
     dst: &mut [u8],
     pos: usize,
     reserved: usize,
-    h: &UnitHeader,
+    id: u64,
     entry: task::PodEntry,
     values: usize,
     args: &[u8],
@@ -393,7 +394,7 @@ fn write_pod_direct(
         task::PodRan::Done => {
             let len = 12 + values;
             ResultHeader {
-                id: h.id,
+                id,
                 len: len as u64,
                 nfds: 0,
             }
@@ -403,7 +404,7 @@ fn write_pod_direct(
         failed => failed.encode_failure(&mut failure),
     }
     let header = ResultHeader {
-        id: h.id,
+        id,
         len: failure.len() as u64,
         nfds: 0,
     };
